@@ -1,0 +1,99 @@
+"""LTX v1 page-frame serialization, compiled. Twin: litefs/_ltxcodec_py.py.
+
+A page frame is u32be(pgno) || page. Its CRC is, by definition, the page checksum without its
+flag bit, so each frame is checksummed once and that CRC is folded into the running file CRC
+with combine() instead of a second pass over the bytes.
+"""
+from cpython.array cimport array, clone
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from crc64_impl cimport (
+    LITEFS_CHECKSUM_FLAG, litefs_crc64_combine_op, litefs_crc64_init, litefs_crc64_update,
+)
+
+litefs_crc64_init()
+
+_UINT64_TEMPLATE = array("Q", [])
+_UINT32_TEMPLATE = array("I", [])
+cdef unsigned char ZERO4[4]
+ZERO4[:] = [0, 0, 0, 0]
+
+
+def encode_pages(const unsigned char[::1] data, pgnos, uint32_t page_size, uint64_t file_crc, uint64_t op):
+    """Serialize len(pgnos) pages (data holds them back to back) as LTX page frames.
+
+    op is crc64.shift_op(4 + page_size). Returns (frames, new file CRC, array('Q') of the page
+    checksums). Page-number rules are the encoder's job; this only lays out bytes.
+    """
+    cdef size_t n = len(pgnos), i
+    cdef size_t frame_size = 4 + <size_t>page_size
+    if <size_t>data.shape[0] != n * page_size:
+        raise ValueError("data holds %d bytes, expected %d pages of %d" % (data.shape[0], n, page_size))
+    cdef array pg = clone(_UINT32_TEMPLATE, n, False)
+    for i in range(n):
+        pg.data.as_uints[i] = pgnos[i]
+    cdef array sums = clone(_UINT64_TEMPLATE, n, False)
+    frames = PyBytes_FromStringAndSize(NULL, n * frame_size)
+    cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(frames)
+    cdef unsigned char *f
+    cdef uint32_t p
+    cdef uint64_t c
+    with nogil:
+        for i in range(n):
+            f = out + i * frame_size
+            p = pg.data.as_uints[i]
+            f[0] = p >> 24
+            f[1] = p >> 16
+            f[2] = p >> 8
+            f[3] = p
+            memcpy(f + 4, &data[i * page_size], page_size)
+            c = litefs_crc64_update(0, f, frame_size)
+            file_crc = litefs_crc64_combine_op(file_crc, c, op)
+            sums.data.as_ulonglongs[i] = LITEFS_CHECKSUM_FLAG | c
+    return frames, file_crc, sums
+
+
+def end_frames(uint64_t file_crc):
+    """The zero page header that ends the page block, and the file CRC after it."""
+    return b"\0\0\0\0", litefs_crc64_update(file_crc, ZERO4, 4)
+
+
+def decode_frames(const unsigned char[::1] buf, size_t pos, uint32_t page_size, uint64_t file_crc, uint64_t op):
+    """Parse the whole page frames in buf from pos, up to and including a zero terminator.
+
+    Returns (pgnos, offsets, checksums, file_crc, pos, ended): page i's bytes are
+    buf[offsets[i]:offsets[i] + page_size]; pos is where parsing stopped (a partial frame is
+    left for the next call); ended is True once the zero page header was consumed.
+    """
+    cdef size_t n = buf.shape[0], frame_size = 4 + <size_t>page_size
+    cdef size_t cap = (n - pos) // frame_size + 1 if n > pos else 1
+    cdef array pg = clone(_UINT32_TEMPLATE, cap, False)
+    cdef array offs = clone(_UINT64_TEMPLATE, cap, False)
+    cdef array sums = clone(_UINT64_TEMPLATE, cap, False)
+    cdef size_t count = 0
+    cdef bint ended = False
+    cdef uint32_t p
+    cdef uint64_t c
+    with nogil:
+        while n - pos >= 4:
+            p = (<uint32_t>buf[pos] << 24) | (<uint32_t>buf[pos + 1] << 16) | (<uint32_t>buf[pos + 2] << 8) | buf[pos + 3]
+            if p == 0:
+                file_crc = litefs_crc64_update(file_crc, &buf[pos], 4)
+                pos += 4
+                ended = True
+                break
+            if n - pos < frame_size:
+                break
+            c = litefs_crc64_update(0, &buf[pos], frame_size)
+            file_crc = litefs_crc64_combine_op(file_crc, c, op)
+            pg.data.as_uints[count] = p
+            offs.data.as_ulonglongs[count] = pos + 4
+            sums.data.as_ulonglongs[count] = LITEFS_CHECKSUM_FLAG | c
+            count += 1
+            pos += frame_size
+    del pg[count:]
+    del offs[count:]
+    del sums[count:]
+    return pg, offs, sums, file_crc, pos, ended
