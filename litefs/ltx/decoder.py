@@ -73,7 +73,7 @@ class _LZ4Body:
             raise LTXError("expected the LZ4 frame to end after the zero page header")
         if not self._dec.eof:
             raise LTXError("truncated LZ4 page block")
-        tail = self._dec.unused_data
+        tail = self._dec.unused_data or b""
         if len(tail) > TRAILER_SIZE:
             return tail[:TRAILER_SIZE]
         return tail + _read_exact(self._f, TRAILER_SIZE - len(tail))
