@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime, timezone
 
 from litefs import ltx
 from litefs.errors import LitefsError
+from litefs.fsutil import atomic_write
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,12 +107,8 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def encode_db(args: argparse.Namespace) -> int:
-    tmp = args.out + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(args.out) as f:
         trailer = ltx.encode_database(args.db, f, compress=args.compress)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, args.out)
     print(f"{args.out}: post-apply checksum {trailer.post_apply_checksum:016x}")
     return 0
 
@@ -129,12 +125,8 @@ def checksum(args: argparse.Namespace) -> int:
 
 
 def compact(args: argparse.Namespace) -> int:
-    tmp = args.out + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(args.out) as f:
         header, trailer = ltx.compact(f, args.files, compress=args.compress)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, args.out)
     print(f"{args.out}: TXID {header.min_txid:016x}-{header.max_txid:016x}, "
           f"post-apply checksum {trailer.post_apply_checksum:016x}")
     return 0
