@@ -114,3 +114,16 @@ def database_checksum(path: str | os.PathLike) -> int:
     except FileNotFoundError:
         return CHECKSUM_FLAG
     return DatabaseChecksum.of_file(path).value
+
+
+def preview_checksum(checksums: DatabaseChecksum, changes: dict[int, int], npages: int) -> int:
+    """The value `checksums` would have after setting `changes` and truncating to npages,
+    computed in O(changes + truncated pages) without modifying it."""
+    acc = checksums.value & ~CHECKSUM_FLAG
+    for pgno, new in changes.items():
+        if pgno <= npages and pgno != checksums.lock_pgno:
+            acc ^= (checksums.get(pgno) ^ new) & ~CHECKSUM_FLAG
+    if npages < checksums.page_count:
+        # Pages changed above npages were XOR-ed in above; take them out with the rest.
+        acc ^= crc64.xor_fold(checksums.sums[npages:])
+    return CHECKSUM_FLAG | acc

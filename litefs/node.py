@@ -1,0 +1,199 @@
+"""A running litefs node: the store, the FUSE mount, the HTTP API and the exec'd child.
+
+Threads: the main thread owns the lifecycle and waits for signals (SIGINT, SIGTERM and SIGCHLD
+are blocked in every other thread, which inherit the mask); llfuse.main runs in `litefs-fuse`;
+the API in `litefs-http`; retention in `litefs-retention`. Shutdown order: signal the child and
+wait for it, stop HTTP, unmount, close the store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import llfuse
+
+from litefs.config import Config, ExecCommand
+from litefs.db import Store
+from litefs.errors import LitefsError
+from litefs.fuse.operations import FileSystem
+from litefs.http.server import APIServer
+
+log = logging.getLogger(__name__)
+
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+FUSE_WORKERS = 8
+EXIT_FATAL = 99
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd our state through $NOTIFY_SOCKET (Type=notify units); no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+def unmount(path: Path, lazy: bool = False) -> bool:
+    tool = shutil.which("fusermount") or shutil.which("fusermount3")
+    cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)] if tool else ["umount", *(["-l"] if lazy else []), str(path)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def clear_stale_mount(path: Path) -> None:
+    """A daemon that died leaves 'Transport endpoint is not connected' behind: unmount it."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == 107:  # ENOTCONN
+            log.info("removing a stale mount at %s", path)
+            unmount(path, lazy=True)
+
+
+def mount_options(config: Config) -> set[str]:
+    opts = {"fsname=litefs", "subtype=litefs", "default_permissions", "big_writes", "max_write=131072"}
+    if config.fuse.allow_other:
+        opts.add("allow_other")
+    return opts
+
+
+class Node:
+    def __init__(self, config: Config, command: list[str] | None = None) -> None:
+        self.config = config
+        self.command = command
+        self.store = Store(
+            config.data.dir, mount_dir=config.fuse.dir, compress=config.data.compress,
+            strict_verify=config.strict_verify, retention=config.data.retention,
+            retention_interval=config.data.retention_monitor_interval,
+        )
+        self.store.is_primary = config.lease.type == "static" and config.lease.candidate
+        self.fs = FileSystem(self.store)
+        self.api = APIServer(self.store, config.http.addr)
+        self._fuse_thread: threading.Thread | None = None
+        self._fuse_error: BaseException | None = None
+        self._child: int | None = None
+
+    # -- startup --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        cfg.data.dir.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+        self.store.load_cluster_id(create=self.store.is_primary)
+        self.store.start_retention()
+        self.api.start()
+        clear_stale_mount(cfg.fuse.dir)
+        cfg.fuse.dir.mkdir(parents=True, exist_ok=True)
+        llfuse.init(self.fs, str(cfg.fuse.dir), mount_options(cfg))
+        self._fuse_thread = threading.Thread(target=self._serve_fuse, name="litefs-fuse", daemon=True)
+        self._fuse_thread.start()
+        role = "primary" if self.store.is_primary else "replica"
+        log.info("LiteFS mounted to: %s (%s, node %016X)", cfg.fuse.dir, role, self.store.node_id)
+
+    def _serve_fuse(self) -> None:
+        try:
+            llfuse.main(workers=FUSE_WORKERS, handle_signals=False)
+        except BaseException as exc:  # a handler bug: report it from the main thread
+            self._fuse_error = exc
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # -- the child ------------------------------------------------------------------------------
+
+    def _commands(self) -> list[ExecCommand]:
+        if self.command:
+            return [ExecCommand(cmd=shlex.join(self.command))]
+        return [c for c in self.config.exec if not c.if_candidate or self.config.lease.candidate]
+
+    def _spawn(self, cmd: str) -> int:
+        argv = shlex.split(cmd)
+        log.info("starting subprocess: %s", cmd)
+        # posix_spawn with an empty signal mask: the child must not inherit our blocked signals.
+        return os.posix_spawnp(argv[0], argv, os.environ, setsigmask=())
+
+    def _run_commands(self) -> int | None:
+        """Run every command but the last to completion; start the last. Returns an exit code
+        if a synchronous command failed."""
+        commands = self._commands()
+        for c in commands[:-1]:
+            pid = self._spawn(c.cmd)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code:
+                log.error("command %r exited with %d", c.cmd, code)
+                return code
+        if commands:
+            self._child = self._spawn(commands[-1].cmd)
+        return None
+
+    # -- the main loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            self.start()
+        except LitefsError as exc:
+            log.error("%s", exc)
+            self.shutdown()
+            return exc.exit_code
+        sd_notify("READY=1")
+        code = self._run_commands()
+        if code is not None:
+            self.shutdown()
+            return code
+        code = self._wait()
+        self.shutdown()
+        if self._fuse_error is not None:
+            log.error("file system failed: %r", self._fuse_error)
+            return EXIT_FATAL
+        return code
+
+    def _wait(self) -> int:
+        while True:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            if self._fuse_thread is not None and not self._fuse_thread.is_alive():
+                log.error("the file system was unmounted from outside")
+                return EXIT_FATAL
+            if info is None:
+                continue
+            if info.si_signo == signal.SIGCHLD:
+                if self._child is None:
+                    continue
+                pid, status = os.waitpid(self._child, os.WNOHANG)
+                if pid:
+                    code = os.waitstatus_to_exitcode(status)
+                    log.info("subprocess exited with %d", code)
+                    self._child = None
+                    return code
+                continue
+            log.info("received %s, shutting down", signal.Signals(info.si_signo).name)
+            if self._child is None:
+                return 0
+            os.kill(self._child, info.si_signo)
+            _, status = os.waitpid(self._child, 0)
+            self._child = None
+            return os.waitstatus_to_exitcode(status)
+
+    def shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        self.api.stop()
+        if self._fuse_thread is not None:
+            mount = self.config.fuse.dir
+            if not unmount(mount):
+                log.info("mount busy; detaching it lazily")
+                unmount(mount, lazy=True)
+            self._fuse_thread.join(timeout=30)
+            llfuse.close(unmount=False)
+            self._fuse_thread = None
+        self.store.close()
+        sys.stdout.flush()
