@@ -29,6 +29,7 @@ def extensions() -> list[Extension]:
         extension("crc64", ["pyx/crc64.pyx", "pyx/crc64_impl.c"]),
         extension("ltxcodec", ["pyx/ltxcodec.pyx", "pyx/crc64_impl.c"]),
         extension("pagediff", ["pyx/pagediff.pyx", "pyx/crc64_impl.c"]),
+        extension("walsum", ["pyx/walsum.pyx"]),
     ]
     return cythonize(
         exts,

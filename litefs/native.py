@@ -12,7 +12,7 @@ from types import ModuleType
 
 from litefs.errors import ExtensionError
 
-MODULES = ("crc64", "ltxcodec", "pagediff")
+MODULES = ("crc64", "ltxcodec", "pagediff", "walsum")
 
 
 def load(name: str, pure: bool | None = None) -> ModuleType:
@@ -40,4 +40,5 @@ def check_compiled() -> None:
 crc64 = load("crc64")
 ltxcodec = load("ltxcodec")
 pagediff = load("pagediff")
+walsum = load("walsum")
 IMPLEMENTATION = "pure" if crc64.__name__.endswith("_py") else "compiled"
