@@ -6,6 +6,7 @@ they must only hand work off (set an event, loop.call_soon_threadsafe) and never
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -35,6 +36,30 @@ def validate_name(name: str) -> str:
     return name
 
 
+class DataDirLock:
+    """An exclusive lock on a data directory: one node (or repair) at a time."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / "lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "DataDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{self.path.parent} is in use by another litefs process") from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Store:
     def __init__(self, data_dir: Path, *, mount_dir: Path | None = None, compress: bool = True,
                  strict_verify: bool = False, retention: float = 600.0,
@@ -54,6 +79,7 @@ class Store:
         self.retention_floors: list[RetentionFloor] = []
         self._stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
+        self._dir_lock = DataDirLock(self.data_dir)
 
     @property
     def dbs_dir(self) -> Path:
@@ -63,6 +89,7 @@ class Store:
 
     def open(self) -> None:
         """Recover every database found on disk; raises RecoveryError naming the first bad one."""
+        self._dir_lock.__enter__()
         self.dbs_dir.mkdir(parents=True, exist_ok=True)
         for entry in sorted(os.scandir(self.dbs_dir), key=lambda e: e.name):
             if entry.is_dir():
@@ -77,6 +104,7 @@ class Store:
             self._retention_thread.join()
         for db in self.databases():
             db.close()
+        self._dir_lock.__exit__()
 
     def load_cluster_id(self, create: bool) -> str:
         path = self.data_dir / "clusterid"
