@@ -24,6 +24,29 @@ def encode_pages(data: Buffer, pgnos: Sequence[int], page_size: int, file_crc: i
     return bytes(out), file_crc, sums
 
 
+def encode_pages_into(out: bytearray | memoryview, data: Buffer, pgnos: Sequence[int], page_size: int,
+                     file_crc: int, op: int) -> tuple[int, int, array]:
+    frames, file_crc, sums = encode_pages(data, pgnos, page_size, file_crc, op)
+    if len(out) < len(frames):
+        raise ValueError("output buffer too small")
+    memoryview(out)[:len(frames)] = frames
+    return len(frames), file_crc, sums
+
+
+def check_pgnos(pgnos: Sequence[int], last: int, commit: int, lock: int, snapshot: bool) -> int:
+    for p in pgnos:
+        if p <= last:
+            raise ValueError(f"page {p} out of order after page {last}")
+        if p > commit:
+            raise ValueError(f"page {p} is above the commit size {commit}")
+        if p == lock:
+            raise ValueError(f"page {p} is the lock page")
+        if snapshot and p != (last + 2 if last + 1 == lock else last + 1):
+            raise ValueError(f"snapshot is not contiguous: page {p} follows {last}")
+        last = p
+    return last
+
+
 def end_frames(file_crc: int) -> tuple[bytes, int]:
     return b"\0\0\0\0", crc64(b"\0\0\0\0", file_crc)
 

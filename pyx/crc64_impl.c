@@ -10,6 +10,7 @@
  */
 #include "crc64_impl.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define POLY 0xD800000000000000ULL /* x^64 + x^4 + x^3 + x + 1, reflected */
@@ -171,6 +172,48 @@ uint64_t litefs_crc64_shift_op(uint64_t len) { return x2nmodp(len, 3); }
 uint64_t litefs_crc64_combine_op(uint64_t crc_a, uint64_t crc_b, uint64_t op)
 {
     return multmodp(op, crc_a) ^ crc_b;
+}
+
+/* Multiplying by a fixed operator is linear, so for the frame lengths of the eight page sizes
+ * (4 + 512 .. 4 + 65536) the multiply becomes eight table lookups, like a slicing CRC. Tables
+ * are built on first use, by a caller holding the GIL (see litefs_crc64_prepare_frame). */
+static uint64_t (*frame_tables[8])[256];
+
+static int frame_slot(size_t page_size)
+{
+    for (int i = 0; i < 8; i++)
+        if (page_size == (size_t)512 << i)
+            return i;
+    return -1;
+}
+
+int litefs_crc64_prepare_frame(size_t page_size)
+{
+    int slot = frame_slot(page_size);
+    if (slot < 0)
+        return -1;
+    if (frame_tables[slot])
+        return 0;
+    uint64_t (*t)[256] = malloc(sizeof(uint64_t[8][256]));
+    if (!t)
+        return -1;
+    uint64_t op = litefs_crc64_shift_op(4 + page_size);
+    for (int k = 0; k < 8; k++)
+        for (unsigned b = 0; b < 256; b++)
+            t[k][b] = multmodp(op, (uint64_t)b << (8 * k));
+    frame_tables[slot] = t;
+    return 0;
+}
+
+uint64_t litefs_crc64_combine_frame(uint64_t crc_a, uint64_t crc_b, size_t page_size)
+{
+    int slot = frame_slot(page_size);
+    uint64_t (*t)[256] = slot >= 0 ? frame_tables[slot] : NULL;
+    if (!t)
+        return litefs_crc64_combine_op(crc_a, crc_b, litefs_crc64_shift_op(4 + page_size));
+    return t[0][crc_a & 0xff] ^ t[1][(crc_a >> 8) & 0xff] ^ t[2][(crc_a >> 16) & 0xff] ^
+           t[3][(crc_a >> 24) & 0xff] ^ t[4][(crc_a >> 32) & 0xff] ^ t[5][(crc_a >> 40) & 0xff] ^
+           t[6][(crc_a >> 48) & 0xff] ^ t[7][crc_a >> 56] ^ crc_b;
 }
 
 uint64_t litefs_page_checksum(uint32_t pgno, const unsigned char *page, size_t page_size)

@@ -20,6 +20,11 @@ uint64_t litefs_crc64_update(uint64_t crc, const unsigned char *buf, size_t len)
 uint64_t litefs_crc64_shift_op(uint64_t len);
 /* crc(A || B) from crc(A), crc(B) and op = litefs_crc64_shift_op(len(B)). */
 uint64_t litefs_crc64_combine_op(uint64_t crc_a, uint64_t crc_b, uint64_t op);
+/* Combine for the LTX page frame of a page size (4 + page_size bytes), by table lookup once
+ * litefs_crc64_prepare_frame(page_size) has run (it must be called with the GIL held; returns
+ * -1 for a size that is not a power of two from 512 to 65536). */
+int litefs_crc64_prepare_frame(size_t page_size);
+uint64_t litefs_crc64_combine_frame(uint64_t crc_a, uint64_t crc_b, size_t page_size);
 /* LTX page checksum: FLAG | crc(u32be(pgno) || page). */
 uint64_t litefs_page_checksum(uint32_t pgno, const unsigned char *page, size_t page_size);
 

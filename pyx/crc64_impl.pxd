@@ -8,3 +8,5 @@ cdef extern from "crc64_impl.h" nogil:
     uint64_t litefs_crc64_shift_op(uint64_t length)
     uint64_t litefs_crc64_combine_op(uint64_t crc_a, uint64_t crc_b, uint64_t op)
     uint64_t litefs_page_checksum(uint32_t pgno, const unsigned char *page, size_t page_size)
+    int litefs_crc64_prepare_frame(size_t page_size)
+    uint64_t litefs_crc64_combine_frame(uint64_t crc_a, uint64_t crc_b, size_t page_size)

@@ -2,7 +2,9 @@
 
 A page frame is u32be(pgno) || page. Its CRC is, by definition, the page checksum without its
 flag bit, so each frame is checksummed once and that CRC is folded into the running file CRC
-with combine() instead of a second pass over the bytes.
+with a table-driven combine instead of a second pass over the bytes. `op` (the combine
+operator for the frame length) is what the plain-Python twin uses; the compiled module looks
+it up per page size.
 """
 from cpython.array cimport array, clone
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -10,7 +12,8 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from crc64_impl cimport (
-    LITEFS_CHECKSUM_FLAG, litefs_crc64_combine_op, litefs_crc64_init, litefs_crc64_update,
+    LITEFS_CHECKSUM_FLAG, litefs_crc64_combine_frame, litefs_crc64_init, litefs_crc64_prepare_frame,
+    litefs_crc64_update,
 )
 
 litefs_crc64_init()
@@ -35,6 +38,7 @@ def encode_pages(const unsigned char[::1] data, pgnos, uint32_t page_size, uint6
     for i in range(n):
         pg.data.as_uints[i] = pgnos[i]
     cdef array sums = clone(_UINT64_TEMPLATE, n, False)
+    litefs_crc64_prepare_frame(page_size)
     frames = PyBytes_FromStringAndSize(NULL, n * frame_size)
     cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(frames)
     cdef unsigned char *f
@@ -50,9 +54,68 @@ def encode_pages(const unsigned char[::1] data, pgnos, uint32_t page_size, uint6
             f[3] = p
             memcpy(f + 4, &data[i * page_size], page_size)
             c = litefs_crc64_update(0, f, frame_size)
-            file_crc = litefs_crc64_combine_op(file_crc, c, op)
+            file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
             sums.data.as_ulonglongs[i] = LITEFS_CHECKSUM_FLAG | c
     return frames, file_crc, sums
+
+
+def encode_pages_into(unsigned char[::1] out, const unsigned char[::1] data, pgnos, uint32_t page_size,
+                     uint64_t file_crc, uint64_t op):
+    """encode_pages() writing the frames into `out` (reused by the caller, so no allocation).
+
+    Returns (bytes written, new file CRC, array('Q') of page checksums).
+    """
+    cdef size_t n = len(pgnos), i
+    cdef size_t frame_size = 4 + <size_t>page_size
+    if <size_t>data.shape[0] != n * page_size:
+        raise ValueError("data holds %d bytes, expected %d pages of %d" % (data.shape[0], n, page_size))
+    if <size_t>out.shape[0] < n * frame_size:
+        raise ValueError("output buffer too small")
+    cdef array pg = clone(_UINT32_TEMPLATE, n, False)
+    for i in range(n):
+        pg.data.as_uints[i] = pgnos[i]
+    cdef array sums = clone(_UINT64_TEMPLATE, n, False)
+    cdef unsigned char *f
+    cdef uint32_t p
+    cdef uint64_t c
+    litefs_crc64_prepare_frame(page_size)
+    with nogil:
+        for i in range(n):
+            f = &out[i * frame_size]
+            p = pg.data.as_uints[i]
+            f[0] = p >> 24
+            f[1] = p >> 16
+            f[2] = p >> 8
+            f[3] = p
+            memcpy(f + 4, &data[i * page_size], page_size)
+            c = litefs_crc64_update(0, f, frame_size)
+            file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
+            sums.data.as_ulonglongs[i] = LITEFS_CHECKSUM_FLAG | c
+    return n * frame_size, file_crc, sums
+
+
+def check_pgnos(pgnos, uint32_t last, uint32_t commit, uint32_t lock, bint snapshot):
+    """Page-number rules of an LTX file, for pages following page `last`.
+
+    Pages ascend, none is above `commit` or the lock page, and a snapshot has every page from 1
+    except the lock page. Returns the new last page; raises ValueError naming the first bad page.
+    """
+    cdef size_t i, n = len(pgnos)
+    cdef uint32_t p, expected
+    for i in range(n):
+        p = pgnos[i]
+        if p <= last:
+            raise ValueError(f"page {p} out of order after page {last}")
+        if p > commit:
+            raise ValueError(f"page {p} is above the commit size {commit}")
+        if p == lock:
+            raise ValueError(f"page {p} is the lock page")
+        if snapshot:
+            expected = last + 2 if last + 1 == lock else last + 1
+            if p != expected:
+                raise ValueError(f"snapshot is not contiguous: page {p} follows {last}")
+        last = p
+    return last
 
 
 def end_frames(uint64_t file_crc):
@@ -74,6 +137,7 @@ def decode_frames(const unsigned char[::1] buf, size_t pos, uint32_t page_size, 
     cdef array sums = clone(_UINT64_TEMPLATE, cap, False)
     cdef size_t count = 0
     cdef bint ended = False
+    litefs_crc64_prepare_frame(page_size)
     cdef uint32_t p
     cdef uint64_t c
     with nogil:
@@ -87,7 +151,7 @@ def decode_frames(const unsigned char[::1] buf, size_t pos, uint32_t page_size, 
             if n - pos < frame_size:
                 break
             c = litefs_crc64_update(0, &buf[pos], frame_size)
-            file_crc = litefs_crc64_combine_op(file_crc, c, op)
+            file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
             pg.data.as_uints[count] = p
             offs.data.as_ulonglongs[count] = pos + 4
             sums.data.as_ulonglongs[count] = LITEFS_CHECKSUM_FLAG | c

@@ -16,7 +16,8 @@ from litefs.errors import LTXChecksumError, LTXError
 from litefs.ltx.format import CHECKSUM_FLAG, HEADER_SIZE, TRAILER_SIZE, Header, Trailer
 from litefs.native import crc64, ltxcodec
 
-_READ_SIZE = 256 * 1024
+# 64 KiB keeps decompressed chunks on the heap (see encoder._BATCH).
+_READ_SIZE = 64 * 1024
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -111,19 +112,11 @@ class Decoder:
         self.trailer: Trailer | None = None
 
     def _check_pgnos(self, pgnos: "array[int]") -> None:  # noqa: F821
-        hdr, lock = self.header, self.header.lock_pgno
-        last = self._last_pgno
-        for pgno in pgnos:
-            if pgno <= last:
-                raise LTXError(f"page {pgno} out of order after page {last}")
-            if pgno > hdr.commit:
-                raise LTXError(f"page {pgno} is above the commit size {hdr.commit}")
-            if pgno == lock:
-                raise LTXError(f"page {pgno} is the lock page")
-            if hdr.is_snapshot and pgno != last + 1 and not (pgno == lock + 1 == last + 2):
-                raise LTXError(f"snapshot is not contiguous: page {pgno} follows {last}")
-            last = pgno
-        self._last_pgno = last
+        hdr = self.header
+        try:
+            self._last_pgno = ltxcodec.check_pgnos(pgnos, self._last_pgno, hdr.commit, hdr.lock_pgno, hdr.is_snapshot)
+        except ValueError as exc:
+            raise LTXError(str(exc)) from None
 
     def batches(self) -> Iterator[PageBatch]:
         """Yield the pages in batches, then read and verify the trailer."""

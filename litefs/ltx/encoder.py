@@ -14,8 +14,13 @@ from litefs.errors import LTXError
 from litefs.ltx.format import CHECKSUM_FLAG, Header, Trailer
 from litefs.native import crc64, ltxcodec
 
-# Compress in batches: one LZ4 call per page would cost more in call overhead than in work.
-_COMPRESS_BATCH = 256 * 1024
+# Frames are built and compressed in batches of about 64 KiB: large enough that per-call
+# overhead vanishes, small enough that every buffer comes from the heap. Buffers above glibc's
+# mmap threshold (128 KiB) are fresh mappings each time, and page faults then cost more than
+# the encoding itself.
+_BATCH = 64 * 1024
+# Uncompressed files are built in a scratch buffer the encoder reuses, so batches can be big.
+_RAW_BATCH = 1024 * 1024
 
 
 def lz4_compressor() -> lz4.frame.LZ4FrameCompressor:
@@ -47,27 +52,11 @@ class Encoder:
         self._last_pgno = 0
         self.page_count = 0
         self.pages_xor = 0
-        self._pending: list[bytes] = []
-        self._pending_size = 0
         self._compressor = lz4_compressor() if header.compressed else None
+        self._scratch: bytearray | None = None
         if self._compressor is not None:
             out.write(self._compressor.begin())
         self.trailer: Trailer | None = None
-
-    def _check_pgno(self, pgno: int) -> None:
-        if pgno <= self._last_pgno:
-            raise LTXError(f"page {pgno} out of order: pages must ascend (previous {self._last_pgno})")
-        if pgno > self.header.commit:
-            raise LTXError(f"page {pgno} is above the commit size {self.header.commit}")
-        if pgno == self._lock:
-            raise LTXError(f"page {pgno} is the lock page and cannot be encoded")
-        if self.header.is_snapshot:
-            expected = self._last_pgno + 1
-            if expected == self._lock:
-                expected += 1
-            if pgno != expected:
-                raise LTXError(f"snapshot is not contiguous: page {pgno} follows {self._last_pgno}")
-        self._last_pgno = pgno
 
     def encode_page(self, pgno: int, data: bytes | bytearray | memoryview) -> int:
         """Append one page; returns its page checksum."""
@@ -77,24 +66,34 @@ class Encoder:
         """Append pages given back to back in `data`; returns their page checksums."""
         if self.trailer is not None:
             raise LTXError("encoder already closed")
-        for pgno in pgnos:
-            self._check_pgno(pgno)
-        frames, self._crc, sums = ltxcodec.encode_pages(data, pgnos, self.header.page_size, self._crc, self._op)
+        hdr = self.header
+        try:
+            self._last_pgno = ltxcodec.check_pgnos(pgnos, self._last_pgno, hdr.commit, self._lock, hdr.is_snapshot)
+        except ValueError as exc:
+            raise LTXError(str(exc)) from None
+        ps = hdr.page_size
+        view = memoryview(data)
+        sums = array("Q")
+        if self._compressor is None:
+            per_batch = max(_RAW_BATCH // ps, 1)
+            if self._scratch is None:
+                self._scratch = bytearray(per_batch * (ps + 4))
+            out = memoryview(self._scratch)
+            for i in range(0, len(pgnos), per_batch):
+                n, self._crc, part = ltxcodec.encode_pages_into(
+                    out, view[i * ps:(i + per_batch) * ps], pgnos[i:i + per_batch], ps, self._crc, self._op)
+                self._out.write(out[:n])
+                sums.extend(part)
+        else:
+            per_batch = max(_BATCH // ps, 1)
+            for i in range(0, len(pgnos), per_batch):
+                frames, self._crc, part = ltxcodec.encode_pages(
+                    view[i * ps:(i + per_batch) * ps], pgnos[i:i + per_batch], ps, self._crc, self._op)
+                self._out.write(self._compressor.compress(frames))
+                sums.extend(part)
         self.pages_xor ^= crc64.xor_fold(sums)
         self.page_count += len(pgnos)
-        self._emit(frames)
         return sums
-
-    def _emit(self, frames: bytes) -> None:
-        if self._compressor is None:
-            self._out.write(frames)
-            return
-        self._pending.append(frames)
-        self._pending_size += len(frames)
-        if self._pending_size >= _COMPRESS_BATCH:
-            self._out.write(self._compressor.compress(b"".join(self._pending)))
-            self._pending.clear()
-            self._pending_size = 0
 
     def close(self, post_apply_checksum: int | None = None) -> Trailer:
         """Finish the file. A snapshot's post-apply checksum is computed when not given."""
@@ -116,10 +115,8 @@ class Encoder:
             raise LTXError("post-apply checksum required for a non-snapshot file")
         terminator, self._crc = ltxcodec.end_frames(self._crc)
         if self._compressor is not None:
-            self._pending.append(terminator)
-            self._out.write(self._compressor.compress(b"".join(self._pending)))
+            self._out.write(self._compressor.compress(terminator))
             self._out.write(self._compressor.flush())
-            self._pending.clear()
         else:
             self._out.write(terminator)
         crc = crc64.crc64(post_apply_checksum.to_bytes(8, "big"), self._crc)

@@ -302,3 +302,18 @@ def test_fuzz_random(data):
         decode(data)
     except LTXError:
         pass
+
+
+@given(pgnos=st.lists(st.integers(1, 70000), max_size=12), last=st.integers(0, 70000),
+       commit=st.integers(0, 70000), snapshot=st.booleans())
+@settings(max_examples=300)
+def test_twins_check_page_numbers_identically(pgnos, last, commit, snapshot):
+    lock = 65537  # the lock page of 16 KiB pages; within range so its rule is exercised
+    results = []
+    for pure in (False, True):
+        codec = native.load("ltxcodec", pure=pure)
+        try:
+            results.append(codec.check_pgnos(pgnos, last, commit, lock, snapshot))
+        except ValueError as exc:
+            results.append(str(exc))
+    assert results[0] == results[1]
