@@ -79,7 +79,7 @@ class Node:
         )
         self.store.is_primary = config.lease.type == "static" and config.lease.candidate
         self.fs = FileSystem(self.store)
-        self.api = APIServer(self.store, config.http.addr)
+        self.api = APIServer(self.store, config.http.addr, stats=lambda: {"fuse_requests": dict(self.fs.requests)})
         self._fuse_thread: threading.Thread | None = None
         self._fuse_error: BaseException | None = None
         self._child: int | None = None
@@ -140,6 +140,9 @@ class Node:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # llfuse wakes its workers with SIGUSR1 when the session ends; with handle_signals=False
+        # nothing catches it and the default action would kill the process.
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         try:
             self.start()
         except LitefsError as exc:

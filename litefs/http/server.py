@@ -7,10 +7,12 @@ block that loop: anything that touches a database runs in the executor. `APIServ
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
@@ -106,11 +108,29 @@ class ExportHandler(BaseHandler):
         self.finish()
 
 
-def make_app(store: Store, executor: ThreadPoolExecutor) -> tornado.web.Application:
+class DebugVarsHandler(BaseHandler):
+    """Counters for diagnosis and benchmarks: FUSE requests by operation, database positions."""
+
+    def initialize(self, store: Store, executor: ThreadPoolExecutor, stats: Callable[[], dict]) -> None:
+        super().initialize(store, executor)
+        self.stats = stats
+
+    def get(self) -> None:
+        self.prepare_headers()
+        self.set_header("Content-Type", "application/json")
+        body = dict(self.stats())
+        body["dbs"] = {db.name: {"txid": "%016x" % db.pos.txid, "checksum": "%016x" % db.pos.checksum}
+                       for db in self.store.databases()}
+        self.finish(json.dumps(body, indent=2) + "\n")
+
+
+def make_app(store: Store, executor: ThreadPoolExecutor,
+             stats: Callable[[], dict] | None = None) -> tornado.web.Application:
     args = dict(store=store, executor=executor)
     return tornado.web.Application([
         (r"/import", ImportHandler, args),
         (r"/export", ExportHandler, args),
+        (r"/debug/vars", DebugVarsHandler, dict(args, stats=stats or dict)),
     ], max_body_size=1 << 40)
 
 
@@ -120,8 +140,9 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 
 class APIServer:
-    def __init__(self, store: Store, addr: str) -> None:
+    def __init__(self, store: Store, addr: str, stats: Callable[[], dict] | None = None) -> None:
         self.store = store
+        self.stats = stats
         self.addr = addr
         self.executor = ThreadPoolExecutor(4, thread_name_prefix="litefs-http-exec")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,7 +159,7 @@ class APIServer:
         def serve() -> None:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
-            self._server = tornado.httpserver.HTTPServer(make_app(self.store, self.executor))
+            self._server = tornado.httpserver.HTTPServer(make_app(self.store, self.executor, self.stats))
             self._server.add_sockets(sockets)
             ready.set()
             self._loop.run_forever()
