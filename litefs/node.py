@@ -20,11 +20,14 @@ from pathlib import Path
 
 import llfuse
 
+from litefs import metrics
+from litefs.cluster import ClusterMonitor
 from litefs.config import Config, ExecCommand
 from litefs.db import Store
 from litefs.errors import LitefsError
 from litefs.fuse.operations import FileSystem
 from litefs.http.server import APIServer
+from litefs.lease import Leaser, StaticLeaser
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,15 @@ class Node:
             strict_verify=config.strict_verify, retention=config.data.retention,
             retention_interval=config.data.retention_monitor_interval,
         )
-        self.store.is_primary = config.lease.type == "static" and config.lease.candidate
+        # Read-only until the cluster monitor has decided this node's role.
+        self.store.is_primary = False
         self.fs = FileSystem(self.store)
-        self.api = APIServer(self.store, config.http.addr, stats=lambda: {"fuse_requests": dict(self.fs.requests)})
+        send_timeout = config.http.snapshot_timeout or config.data.retention
+        self.api = APIServer(self.store, config.http.addr, candidate=config.lease.candidate,
+                             stats=lambda: {"fuse_requests": dict(self.fs.requests)}, send_timeout=send_timeout)
+        self.monitor = ClusterMonitor(self.store, make_leaser(config), reconnect_delay=config.lease.reconnect_delay,
+                                      on_role_change=lambda primary: self.api.events.primary_changed())
+        self._collector = metrics.register_store(self.store, self.api.hub.count)
         self._fuse_thread: threading.Thread | None = None
         self._fuse_error: BaseException | None = None
         self._child: int | None = None
@@ -90,7 +99,7 @@ class Node:
         cfg = self.config
         cfg.data.dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
-        self.store.load_cluster_id(create=self.store.is_primary)
+        self.store.load_cluster_id(create=False)
         self.store.start_retention()
         self.api.start()
         clear_stale_mount(cfg.fuse.dir)
@@ -98,8 +107,8 @@ class Node:
         llfuse.init(self.fs, str(cfg.fuse.dir), mount_options(cfg))
         self._fuse_thread = threading.Thread(target=self._serve_fuse, name="litefs-fuse", daemon=True)
         self._fuse_thread.start()
-        role = "primary" if self.store.is_primary else "replica"
-        log.info("LiteFS mounted to: %s (%s, node %016X)", cfg.fuse.dir, role, self.store.node_id)
+        log.info("LiteFS mounted to: %s (node %016X)", cfg.fuse.dir, self.store.node_id)
+        self.monitor.start()
 
     def _serve_fuse(self) -> None:
         try:
@@ -149,6 +158,12 @@ class Node:
             log.error("%s", exc)
             self.shutdown()
             return exc.exit_code
+        if not self.config.skip_sync:
+            code = self._wait_ready()
+            if code is not None:
+                self.shutdown()
+                return code
+        log.info("connected to cluster, ready")
         sd_notify("READY=1")
         code = self._run_commands()
         if code is not None:
@@ -160,6 +175,18 @@ class Node:
             log.error("file system failed: %r", self._fuse_error)
             return EXIT_FATAL
         return code
+
+    def _wait_ready(self) -> int | None:
+        """Wait until the node can serve (primary, or caught up with it); an exit code if a
+        signal or a dead mount came first."""
+        log.info("waiting to connect to cluster")
+        while not self.monitor.ready.is_set():
+            info = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 0.05)
+            if info is not None:
+                return 0
+            if self._fuse_thread is not None and not self._fuse_thread.is_alive():
+                return EXIT_FATAL
+        return None
 
     def _wait(self) -> int:
         while True:
@@ -189,6 +216,7 @@ class Node:
 
     def shutdown(self) -> None:
         sd_notify("STOPPING=1")
+        self.monitor.stop()
         self.api.stop()
         if self._fuse_thread is not None:
             mount = self.config.fuse.dir
@@ -199,4 +227,15 @@ class Node:
             llfuse.close(unmount=False)
             self._fuse_thread = None
         self.store.close()
+        metrics.unregister(self._collector)
         sys.stdout.flush()
+
+
+def make_leaser(config: Config) -> Leaser:
+    lease = config.lease
+    if lease.type == "consul":
+        from litefs.lease.consul import ConsulLeaser
+
+        return ConsulLeaser(lease.consul.url, lease.consul.key, lease.hostname, lease.advertise_url,
+                            lease.candidate, ttl=lease.consul.ttl, lock_delay=lease.consul.lock_delay)
+    return StaticLeaser(lease.hostname, lease.advertise_url, lease.candidate)

@@ -6,12 +6,14 @@ teardown stops it and lazily unmounts whatever is left.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,12 +105,22 @@ class TestNode:
             self.wait_mounted()
         return self
 
+    def info(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/info", timeout=5) as resp:
+            return json.load(resp)
+
     def wait_mounted(self, timeout: float = 15.0) -> None:
+        """Wait until the node is mounted and ready (primary, or caught up with the primary)."""
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"litefs exited with {self.proc.returncode}:\n{self.read_log()}")
-            return is_mounted(self.mount)
-        wait_for(ready, timeout, f"mount at {self.mount}")
+            if not is_mounted(self.mount):
+                return False
+            try:
+                return bool(self.info()["ready"])
+            except OSError:
+                return False
+        wait_for(ready, timeout, f"node at {self.mount} to be ready")
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -28,17 +28,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from litefs import faults
+from litefs import faults, metrics
 from litefs.db import journal as journal_format
 from litefs.db.ltxdir import LTXDir
 from litefs.db.wal import WALTracker, WALTransaction, checkpoint_pages
-from litefs.errors import LitefsError, RecoveryError
+from litefs.errors import LitefsError, LTXChecksumError, PositionMismatchError, RecoveryError
 from litefs.fsutil import fsync_dir
 from litefs.ltx.checksum import DatabaseChecksum, preview_checksum, sqlite_page_size
-from litefs.ltx.decoder import Decoder
+from litefs.ltx.decoder import Decoder, PageBatch
 from litefs.ltx.encoder import Encoder
 from litefs.ltx.files import verify_file
-from litefs.ltx.format import CHECKSUM_FLAG, FLAG_COMPRESS_LZ4, Header, Pos, lock_pgno
+from litefs.ltx.format import CHECKSUM_FLAG, FLAG_COMPRESS_LZ4, Header, Pos, Trailer, lock_pgno
 from litefs.native import crc64
 
 if TYPE_CHECKING:
@@ -72,6 +72,19 @@ class Mode(enum.Enum):
 _BACKING = {FileKind.DATABASE: "database", FileKind.JOURNAL: "journal", FileKind.WAL: "wal", FileKind.SHM: "shm"}
 
 
+def _verify_and_mode(path: Path) -> tuple[Header, Trailer, bool | None]:
+    """Decode a whole file (verifying it) and say whether it leaves the database in WAL mode
+    (None when it does not carry page 1)."""
+    wal = None
+    with open(path, "rb") as f:
+        dec = Decoder(f)
+        for batch in dec.batches():
+            if batch.pgnos[0] == 1:
+                wal = batch.page(0)[18:20].tobytes() == b"\2\2"
+    assert dec.trailer is not None
+    return dec.header, dec.trailer, wal
+
+
 def _runs(pgnos: list[int]) -> Iterable[tuple[int, int]]:
     """Split sorted page numbers into (first, count) runs of consecutive pages."""
     i = 0
@@ -95,6 +108,7 @@ class Database:
         self.commit = 0  # database size in pages after the last transaction
         self.mode = Mode.ROLLBACK
         self.timestamp = 0  # ms; the last transaction's, never decreasing
+        self.hwm = 0  # replicas: the primary's high-water mark (archived TXID)
         self.checksums: DatabaseChecksum | None = None
         self._dirty: set[int] = set()
         self._wal = WALTracker(self._read_wal)
@@ -138,10 +152,14 @@ class Database:
 
     # -- file operations for the FUSE adapter ---------------------------------------------------
 
-    def open_file(self, kind: FileKind, flags: int) -> int:
-        """Open a backing file; O_CREAT and write access need a writable node."""
+    def open_file(self, kind: FileKind, flags: int, internal: bool = False) -> int:
+        """Open a backing file; write access needs a writable node.
+
+        Replicas still let readers open (and create) the WAL and the wal-index read-write,
+        because SQLite's WAL readers need them; writing the WAL is refused in write().
+        """
         writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-        if writing and kind is not FileKind.SHM:
+        if writing and not internal and kind not in (FileKind.SHM, FileKind.WAL):
             self.store.check_writable()
         with self.lock:
             path = self.path(kind)
@@ -153,6 +171,7 @@ class Database:
 
     def write(self, kind: FileKind, fd: int, data: bytes, offset: int) -> int:
         if kind is FileKind.SHM:
+            metrics.SHM_WRITES.labels(self.name).inc()
             return os.pwrite(fd, data, offset)
         self.store.check_writable()
         with self.lock:
@@ -160,6 +179,7 @@ class Database:
                 return self._write_database(fd, data, offset)
             if kind is FileKind.JOURNAL:
                 return self._write_journal(fd, data, offset)
+            metrics.WAL_WRITES.labels(self.name).inc()
             n = os.pwrite(fd, data, offset)
             self._wal_fd = fd
             try:
@@ -233,6 +253,7 @@ class Database:
         ps = self.page_size
         if offset % ps or len(data) % ps or not data:
             raise InvalidWriteError(f"{self.name}: write of {len(data)} bytes at {offset} is not whole pages of {ps}")
+        metrics.DB_WRITES.labels(self.name).inc()
         n = os.pwrite(fd, data, offset)
         first = offset // ps + 1
         self._dirty.update(range(first, first + n // ps))
@@ -245,6 +266,7 @@ class Database:
             hdr = journal_format.parse_header(data)
             if hdr is not None and hdr.page_size:
                 self.page_size = hdr.page_size
+        metrics.JOURNAL_WRITES.labels(self.name).inc()
         return os.pwrite(fd, data, offset)
 
     def _journal_invalidated(self) -> None:
@@ -299,6 +321,9 @@ class Database:
     # -- WAL capture ----------------------------------------------------------------------------
 
     def _after_wal_write(self, offset: int, length: int) -> None:
+        if offset == 0 and length >= 32:
+            # A new WAL generation only starts once every frame is in the database file.
+            self._wal_pages.clear()
         for tx in self._wal.on_write(offset, length):
             self._commit_wal(tx)
 
@@ -373,6 +398,7 @@ class Database:
         self.commit = commit
         self.mode = mode
         self.timestamp = header.timestamp
+        metrics.COMMITS.labels(self.name).inc()
         self.store.notify_commit(self, header)
 
     def _verify_checksum(self, commit: int, expected: int) -> None:
@@ -385,6 +411,157 @@ class Database:
         sums.truncate(commit)
         if sums.value != expected:
             raise LitefsError(f"{self.name}: strict-verify: database checksum {sums.value:016x} != {expected:016x}")
+
+    # -- snapshots (primary) ----------------------------------------------------------------------
+
+    def write_snapshot(self, out: BinaryIO, timeout: float = 30.0) -> tuple[Header, Trailer]:
+        """A snapshot LTX file (TXID 1..current) of the committed state, for a replica.
+
+        Holds the database lock, which blocks commits, for the duration. In rollback mode it
+        first waits until no transaction has pages in the file, since those are not committed.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if self.mode is Mode.WAL or not self._dirty:
+                    return self._write_snapshot_locked(out)
+            if time.monotonic() > deadline:
+                raise LitefsError(f"{self.name}: a write transaction kept the database busy; no snapshot")
+            time.sleep(0.005)
+
+    def _write_snapshot_locked(self, out: BinaryIO) -> tuple[Header, Trailer]:
+        ps = self.page_size or 4096
+        header = Header(
+            flags=FLAG_COMPRESS_LZ4 if self.store.compress else 0, page_size=ps, commit=self.commit,
+            min_txid=1, max_txid=max(self.pos.txid, 1), timestamp=self.timestamp,
+            node_id=self.store.node_id,
+        )
+        enc = Encoder(out, header)
+        lock = lock_pgno(ps)
+        fd = self._db_fd()
+        for first in range(1, self.commit + 1, _READ_RUN):
+            last = min(first + _READ_RUN, self.commit + 1)
+            raw = bytearray(os.pread(fd, (last - first) * ps, (first - 1) * ps).ljust((last - first) * ps, b"\0"))
+            for pgno in range(first, last):
+                off = self._wal_pages.get(pgno)
+                if off is not None:
+                    raw[(pgno - first) * ps:(pgno - first + 1) * ps] = self._read_wal(off, ps)
+            if first <= lock < last:
+                del raw[(lock - first) * ps:(lock - first + 1) * ps]
+            enc.encode_pages([p for p in range(first, last) if p != lock], raw)
+        trailer = enc.close(self.pos.checksum if self.commit else CHECKSUM_FLAG)
+        return header, trailer
+
+    # -- replicas: applying LTX files from the primary ------------------------------------------
+
+    def write_raw(self, kind: FileKind, fd: int, data: bytes, offset: int) -> int:
+        """A write by the daemon itself through the mount (replica apply): no capture, and no
+        lock, because the applier is waiting for it while holding SQLite's locks."""
+        return os.pwrite(fd, data, offset)
+
+    def apply_ltx(self, received: Path) -> Pos:
+        """Apply an LTX file received from the primary (a temp file in this database's ltx/).
+
+        The file is verified completely, then published under its name (a snapshot replaces
+        every other file), then applied: so a corrupt file is never applied, and a crash part-way
+        through the apply is repaired by startup recovery re-applying the newest file. Pages are
+        written through the mount while holding SQLite's own locks, so readers on this node never
+        see a torn state and the kernel's page cache stays coherent.
+        """
+        from litefs.db import shm, sqlite_locks
+
+        try:
+            header, trailer, wal_after = _verify_and_mode(received)
+            with self.lock:
+                if not header.is_snapshot and (header.min_txid != self.pos.txid + 1
+                                               or header.pre_apply_checksum != self.pos.checksum):
+                    raise PositionMismatchError(
+                        f"{self.name}: LTX {header.min_txid:016x} (pre-apply {header.pre_apply_checksum:016x}) "
+                        f"does not follow position {self.pos}")
+                wal_before = self.mode is Mode.WAL
+                path = self.ltx.path_for(header.min_txid, header.max_txid)
+                os.replace(received, path)
+                self.ltx.sync()
+                if header.is_snapshot:
+                    self.ltx.remove_except(path)
+        finally:
+            received.unlink(missing_ok=True)
+        if header.commit == 0:
+            self._apply_deletion(header, trailer)
+            return self.pos
+        wal_after = wal_before if wal_after is None else wal_after
+        ps = header.page_size
+        mount = self.store.mount_path(self.name)
+        sums = DatabaseChecksum(ps) if header.is_snapshot or self.checksums is None else self.checksums.copy()
+        db_fd = os.open(mount, os.O_RDWR | os.O_CREAT)
+        shm_fd = os.open(mount + "-shm", os.O_RDWR | os.O_CREAT)
+        try:
+            with open(path, "rb") as f, sqlite_locks.exclusive(
+                    db_fd, shm_fd, rollback=not (wal_before and wal_after), wal=wal_before or wal_after):
+                for batch in Decoder(f).batches():
+                    self._write_batch(db_fd, batch, ps)
+                    sums.set_many(batch.pgnos, batch.checksums)
+                os.ftruncate(db_fd, header.commit * ps)
+                sums.truncate(header.commit)
+                if sums.value != trailer.post_apply_checksum:
+                    raise LTXChecksumError(
+                        f"{self.name}: checksum {sums.value:016x} after applying TXID {header.max_txid:016x} "
+                        f"does not match its post-apply checksum {trailer.post_apply_checksum:016x}")
+                if wal_before or wal_after:
+                    block = shm.rewrite(os.pread(shm_fd, shm.HEADER_SIZE, 0), ps, header.commit)
+                    if os.fstat(shm_fd).st_size < shm.BLOCK_SIZE:
+                        block = block.ljust(shm.BLOCK_SIZE, b"\0")
+                    os.pwrite(shm_fd, block, 0)
+        finally:
+            os.close(shm_fd)
+            os.close(db_fd)
+        with self.lock:
+            self.checksums = sums
+            self.page_size = ps
+            self.commit = header.commit
+            self.mode = Mode.WAL if wal_after else Mode.ROLLBACK
+            self.pos = Pos(header.max_txid, trailer.post_apply_checksum)
+            self.timestamp = max(self.timestamp, header.timestamp)
+            self.store.notify_commit(self, header)
+            return self.pos
+
+    @staticmethod
+    def _write_batch(fd: int, batch: "PageBatch", ps: int) -> None:
+        """Write a decoded batch through the mount, one call per run of consecutive pages
+        (up to the 128 KiB a FUSE write carries)."""
+        view = memoryview(batch.buf)
+        pgnos, offsets = batch.pgnos, batch.offsets
+        per_call = max(131072 // ps, 1)
+        i = 0
+        while i < len(pgnos):
+            j = i + 1
+            while (j < len(pgnos) and j - i < per_call and pgnos[j] == pgnos[j - 1] + 1
+                   and offsets[j] == offsets[j - 1] + ps + 4):
+                j += 1
+            if j - i == 1:
+                os.pwrite(fd, view[offsets[i]:offsets[i] + ps], (pgnos[i] - 1) * ps)
+            else:
+                run = b"".join(view[offsets[k]:offsets[k] + ps] for k in range(i, j))
+                os.pwrite(fd, run, (pgnos[i] - 1) * ps)
+            i = j
+
+    def _apply_deletion(self, header: Header, trailer: Trailer) -> None:
+        with self.lock:
+            self.close()
+            for kind in FileKind:
+                self.path(kind).unlink(missing_ok=True)
+            self.checksums = None
+            self.page_size = 0
+            self.commit = 0
+            self.mode = Mode.ROLLBACK
+            self.pos = Pos(header.max_txid, trailer.post_apply_checksum)
+            self.timestamp = max(self.timestamp, header.timestamp)
+            self.store.notify_commit(self, header)
+
+    def reset_position(self) -> None:
+        """Forget the position so the primary sends a snapshot (after a failed apply)."""
+        with self.lock:
+            self.pos = Pos()
 
     # -- drop -----------------------------------------------------------------------------------
 
@@ -516,4 +693,7 @@ class Database:
 
     def enforce_retention(self, max_age: float, floor_txid: int | None = None) -> int:
         with self.lock:
-            return self.ltx.enforce_retention(max_age, floor_txid)
+            removed = self.ltx.enforce_retention(max_age, floor_txid)
+        if removed:
+            metrics.LTX_REAPED.labels(self.name).inc(removed)
+        return removed

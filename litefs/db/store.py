@@ -13,13 +13,14 @@ import random
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from litefs.db.database import Database
 from litefs.errors import DatabaseNotFoundError, LitefsError, ReadOnlyReplicaError, UsageError
 from litefs.fsutil import atomic_write
-from litefs.ltx.format import Header
+from litefs.ltx.format import Header, Pos
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ def validate_name(name: str) -> str:
     if not _NAME.match(name) or name.startswith(".") or name.endswith(_RESERVED_SUFFIXES):
         raise UsageError(f"invalid database name {name!r}")
     return name
+
+
+class ClusterMismatchError(LitefsError):
+    exit_code = 2
+    http_status = 409
 
 
 class DataDirLock:
@@ -73,6 +79,12 @@ class Store:
         self.node_id = random.getrandbits(64) or 1
         self.is_primary = True
         self.cluster_id = ""
+        # Replicas: the primary's hostname, and its clock as last heard (heartbeat or LTX).
+        self.primary_hostname = ""
+        self.primary_url = ""
+        self.primary_timestamp_ms = 0
+        # Set once the node can serve: primary, or caught up with the primary.
+        self.ready = threading.Event()
         self.lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
         self._subscribers: list[CommitSubscriber] = []
@@ -106,6 +118,20 @@ class Store:
             db.close()
         self._dir_lock.__exit__()
 
+    def adopt_cluster_id(self, cluster_id: str) -> None:
+        """A replica takes its primary's cluster id; a node of another cluster never streams."""
+        if not cluster_id or cluster_id == self.cluster_id:
+            return
+        if self.cluster_id:
+            raise ClusterMismatchError(
+                f"cluster id mismatch: this node belongs to {self.cluster_id}, the primary to {cluster_id}")
+        with atomic_write(self.data_dir / "clusterid") as f:
+            f.write(cluster_id.encode() + b"\n")
+        self.cluster_id = cluster_id
+
+    def positions(self) -> dict[str, Pos]:
+        return {db.name: db.pos for db in self.databases() if db.pos.txid}
+
     def load_cluster_id(self, create: bool) -> str:
         path = self.data_dir / "clusterid"
         if path.exists():
@@ -132,9 +158,13 @@ class Store:
             raise DatabaseNotFoundError(f"database {name!r} not found")
         return db
 
-    def create(self, name: str) -> Database:
-        """The database named `name`, creating its directory and empty file if needed."""
-        self.check_writable()
+    def create(self, name: str, internal: bool = False, create_file: bool = True) -> Database:
+        """The database named `name`, creating its directory and empty file if needed.
+
+        `internal`: the daemon itself creates it (a replica receiving a new database, which gets
+        its file from the first LTX file applied, hence `create_file=False`)."""
+        if not internal:
+            self.check_writable()
         validate_name(name)
         with self.lock:
             db = self._dbs.get(name)
@@ -143,8 +173,18 @@ class Store:
                 directory.mkdir(parents=True, exist_ok=True)
                 db = Database(self, name, directory)
                 self._dbs[name] = db
-        db.create_file()
+        if create_file:
+            db.create_file()
         return db
+
+    def lag_ms(self) -> int:
+        """How far behind the primary this node may be: 0 on the primary, the age of the last
+        word from the primary on a replica, and the maximum before the first one."""
+        if self.is_primary:
+            return 0
+        if not self.primary_timestamp_ms:
+            return 2147483647
+        return max(0, int(time.time() * 1000) - self.primary_timestamp_ms)
 
     def check_writable(self) -> None:
         if not self.is_primary:
@@ -190,7 +230,7 @@ class Store:
 
     # -- import / export (through the mount, so SQLite's own locking applies) -----------------
 
-    def _mount_path(self, name: str) -> str:
+    def mount_path(self, name: str) -> str:
         if self.mount_dir is None:
             raise LitefsError("import and export need the file system to be mounted")
         return os.path.join(self.mount_dir, validate_name(name))
@@ -207,7 +247,7 @@ class Store:
         try:
             source.execute("PRAGMA schema_version").fetchone()  # fails early on a non-database
             self.create(name)
-            target = sqlite3.connect(self._mount_path(name), timeout=30)
+            target = sqlite3.connect(self.mount_path(name), timeout=30)
             try:
                 source.backup(target)
             finally:
@@ -220,7 +260,7 @@ class Store:
     def export_file(self, name: str, dst: Path) -> None:
         """A consistent copy of a database, taken with SQLite's backup API through the mount."""
         self.require(name)
-        source = sqlite3.connect(f"file:{self._mount_path(name)}?mode=ro", uri=True, timeout=30)
+        source = sqlite3.connect(f"file:{self.mount_path(name)}?mode=ro", uri=True, timeout=30)
         try:
             target = sqlite3.connect(dst)
             try:

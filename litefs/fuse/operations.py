@@ -1,8 +1,13 @@
 """The llfuse Operations: a thin adapter from file-system calls onto litefs.db.
 
 Namespace (flat): `<db>`, `<db>-journal`, `<db>-wal`, `<db>-shm` pass through to the database's
-backing files; `<db>-pos` is read-only text `%016x/%016x\\n`. Inode numbers are stable for the
-life of the process: each database gets a block of eight.
+backing files; `<db>-pos` is read-only text `%016x/%016x\\n`; `.primary` (replicas: the
+primary's hostname) and `.lag` (`%+010d\\n` milliseconds behind the primary). Inode numbers
+are stable for the life of the process: each database gets a block of eight.
+
+Files the daemon opens through its own mount (a replica applying an LTX file under SQLite's
+locks) are recognised by the requesting thread being one of ours: their writes bypass capture
+and role checks.
 
 Threading: llfuse runs every handler holding `llfuse.lock`. Handlers keep their own state (the
 handle table, the inode map) under it, and release it around every call into the db layer,
@@ -29,6 +34,9 @@ from litefs.errors import LitefsError
 log = logging.getLogger(__name__)
 
 ROOT = llfuse.ROOT_INODE
+PRIMARY_INODE = 2
+LAG_INODE = 3
+_SPECIAL = {".primary": PRIMARY_INODE, ".lag": LAG_INODE}
 _FIRST_DB_INODE = 16
 _BLOCK = 8
 _POS = 4  # slot of -pos inside a database's block; FileKind slots are 0..3
@@ -68,9 +76,11 @@ def _errors(fn: F) -> F:
 
 @dataclass
 class Handle:
-    db: Database
-    kind: FileKind | None  # None: the -pos file
+    db: Database | None  # None: .primary or .lag
+    kind: FileKind | None  # None: a read-only text file
     fd: int | None
+    internal: bool = False  # opened by the daemon itself
+    inode: int = 0
 
 
 class FileSystem(llfuse.Operations):
@@ -142,6 +152,18 @@ class FileSystem(llfuse.Operations):
     def _pos_text(db: Database) -> bytes:
         return f"{db.pos}\n".encode()
 
+    def _special_text(self, inode: int) -> bytes:
+        if inode == PRIMARY_INODE:
+            if self.store.is_primary or not self.store.primary_hostname:
+                raise llfuse.FUSEError(errno.ENOENT)
+            return f"{self.store.primary_hostname}\n".encode()
+        return b"%+010d\n" % min(self.store.lag_ms(), 2147483647)
+
+    def _special_attr(self, inode: int) -> llfuse.EntryAttributes:
+        text = self._special_text(inode)
+        mtime = self.store.primary_timestamp_ms * 1_000_000
+        return self._entry(inode, len(text), stat.S_IFREG | 0o444, mtime, 0.0)
+
     def _attr(self, db: Database, kind: FileKind | None, inode: int) -> llfuse.EntryAttributes:
         if kind is None:
             return self._entry(inode, len(self._pos_text(db)), self._file_mode(None), db.timestamp * 1_000_000, ENTRY_TIMEOUT)
@@ -158,6 +180,8 @@ class FileSystem(llfuse.Operations):
         text = os.fsdecode(name)
         if text in (".", ".."):
             return self._root_attr()
+        if text in _SPECIAL:
+            return self._special_attr(_SPECIAL[text])
         db_name, kind = parse_name(text)
         db = self.store.db(db_name)
         if db is None or not db.exists:
@@ -169,6 +193,8 @@ class FileSystem(llfuse.Operations):
         self._count("getattr")
         if inode == ROOT:
             return self._root_attr()
+        if inode in (PRIMARY_INODE, LAG_INODE):
+            return self._special_attr(inode)
         db, kind = self._resolve(inode)
         return self._attr(db, kind, inode)
 
@@ -181,8 +207,12 @@ class FileSystem(llfuse.Operations):
         if fields.update_size:
             if kind is None:
                 raise llfuse.FUSEError(errno.EACCES)
+            h = self._handles.get(fh) if fh is not None else None
             with llfuse.lock_released:
-                db.truncate(kind, attr.st_size)
+                if h is not None and h.internal and h.fd is not None:
+                    os.ftruncate(h.fd, attr.st_size)
+                else:
+                    db.truncate(kind, attr.st_size)
         # Mode, owner and times are not kept: SQLite only sets them to match the database's.
         return self._attr(db, kind, inode)
 
@@ -194,39 +224,54 @@ class FileSystem(llfuse.Operations):
         self._handles[fh] = handle
         return fh
 
+    @staticmethod
+    def _internal(ctx: Any) -> bool:
+        # FUSE reports the calling thread's id, not the process id.
+        return ctx is not None and (ctx.pid == os.getpid() or os.path.exists(f"/proc/self/task/{ctx.pid}"))
+
     @_errors
     def open(self, inode: int, flags: int, ctx: Any) -> int:
         self._count("open")
+        if inode in (PRIMARY_INODE, LAG_INODE):
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise llfuse.FUSEError(errno.EACCES)
+            self._special_text(inode)  # ENOENT when there is nothing to show
+            return self._new_handle(Handle(None, None, None, inode=inode))
         db, kind = self._resolve(inode)
         if kind is None:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise llfuse.FUSEError(errno.EACCES)
             return self._new_handle(Handle(db, None, None))
+        internal = self._internal(ctx)
         with llfuse.lock_released:
-            fd = db.open_file(kind, flags)
-        return self._new_handle(Handle(db, kind, fd))
+            fd = db.open_file(kind, flags, internal=internal)
+        return self._new_handle(Handle(db, kind, fd, internal))
 
     @_errors
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> tuple[int, llfuse.EntryAttributes]:
         self._count("create")
         if parent_inode != ROOT:
             raise llfuse.FUSEError(errno.ENOENT)
-        db_name, kind = parse_name(os.fsdecode(name))
-        if kind is None:
+        text = os.fsdecode(name)
+        db_name, kind = parse_name(text)
+        if kind is None or text in _SPECIAL:
             raise llfuse.FUSEError(errno.EACCES)
+        internal = self._internal(ctx)
         with llfuse.lock_released:
             if kind is FileKind.DATABASE:
-                db = self.store.create(db_name)
+                db = self.store.create(db_name, internal=internal)
             else:
                 db = self.store.require(db_name)
-            fd = db.open_file(kind, flags | os.O_CREAT)
+            fd = db.open_file(kind, flags | os.O_CREAT, internal=internal)
         inode = self._inode(db_name, _KIND_SLOT[kind])
-        return self._new_handle(Handle(db, kind, fd)), self._attr(db, kind, inode)
+        return self._new_handle(Handle(db, kind, fd, internal)), self._attr(db, kind, inode)
 
     @_errors
     def read(self, fh: int, off: int, size: int) -> bytes:
         self._count("read")
         h = self._handles[fh]
+        if h.db is None:
+            return self._special_text(h.inode)[off:off + size]
         if h.fd is None:
             return self._pos_text(h.db)[off:off + size]
         with llfuse.lock_released:
@@ -236,9 +281,11 @@ class FileSystem(llfuse.Operations):
     def write(self, fh: int, off: int, buf: bytes) -> int:
         self._count("write")
         h = self._handles[fh]
-        if h.fd is None or h.kind is None:
+        if h.fd is None or h.kind is None or h.db is None:
             raise llfuse.FUSEError(errno.EACCES)
         with llfuse.lock_released:
+            if h.internal:
+                return h.db.write_raw(h.kind, h.fd, buf, off)
             return h.db.write(h.kind, h.fd, buf, off)
 
     def flush(self, fh: int) -> None:
@@ -255,7 +302,7 @@ class FileSystem(llfuse.Operations):
     def fsync(self, fh: int, datasync: bool) -> None:
         self._count("fsync")
         h = self._handles[fh]
-        if h.fd is not None and h.kind is not None:
+        if h.fd is not None and h.kind is not None and h.db is not None:
             with llfuse.lock_released:
                 h.db.fsync(h.kind, h.fd, datasync)
 
@@ -264,7 +311,10 @@ class FileSystem(llfuse.Operations):
         self._count("unlink")
         if parent_inode != ROOT:
             raise llfuse.FUSEError(errno.ENOENT)
-        db_name, kind = parse_name(os.fsdecode(name))
+        text = os.fsdecode(name)
+        if text in _SPECIAL:
+            raise llfuse.FUSEError(errno.EACCES)
+        db_name, kind = parse_name(text)
         db = self.store.db(db_name)
         if db is None or not db.exists:
             raise llfuse.FUSEError(errno.ENOENT)
@@ -282,6 +332,11 @@ class FileSystem(llfuse.Operations):
         return inode
 
     def _listing(self) -> Iterator[tuple[str, llfuse.EntryAttributes]]:
+        for name, inode in _SPECIAL.items():
+            try:
+                yield name, self._special_attr(inode)
+            except llfuse.FUSEError:
+                continue
         for db in sorted(self.store.databases(), key=lambda d: d.name):
             if not db.exists:
                 continue

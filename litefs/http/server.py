@@ -15,21 +15,80 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.web
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from litefs.db import Store
 from litefs.db.store import ImportUpload, export_chunks
-from litefs.errors import LitefsError, UsageError
+from litefs.errors import LitefsError, ReadOnlyReplicaError, UsageError
+from litefs.http import protocol
+from litefs.http.replication import ReplicationHub, Streamer
 
 log = logging.getLogger(__name__)
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    def initialize(self, store: Store, executor: ThreadPoolExecutor) -> None:
+@dataclass
+class Context:
+    """What the handlers of one node share."""
+
+    store: Store
+    executor: ThreadPoolExecutor
+    hub: ReplicationHub
+    events: EventHub
+    candidate: bool
+    stats: Callable[[], dict]
+
+
+class EventHub:
+    """GET /events subscribers: each has a bounded queue; one that falls 1024 events behind is
+    disconnected. Runs on the event loop; `publish` may be called from any thread."""
+
+    MAX_QUEUED = 1024
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.executor = executor
+        self.queues: set[asyncio.Queue[dict | None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        store.subscribe(self._on_commit)
+
+    def _on_commit(self, db: Any, header: Any) -> None:
+        self.publish({"type": "tx", "db": db.name, "data": {
+            "txID": "%016x" % db.pos.txid, "postApplyChecksum": "%016x" % db.pos.checksum,
+            "pageSize": header.page_size, "commit": header.commit,
+            "timestamp": datetime.fromtimestamp(header.timestamp / 1000, timezone.utc).isoformat().replace("+00:00", "Z"),
+        }})
+
+    def primary_changed(self) -> None:
+        self.publish({"type": "primaryChange", "data": self.role()})
+
+    def role(self) -> dict:
+        return {"isPrimary": self.store.is_primary, "hostname": self.store.primary_hostname}
+
+    def publish(self, event: dict) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._fan_out, event)
+
+    def _fan_out(self, event: dict) -> None:
+        for q in list(self.queues):
+            if q.qsize() >= self.MAX_QUEUED:
+                self.queues.discard(q)
+                q.put_nowait(None)  # queues hold one more than MAX_QUEUED: room for the end
+            else:
+                q.put_nowait(event)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.executor = ctx.executor
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
@@ -111,26 +170,102 @@ class ExportHandler(BaseHandler):
 class DebugVarsHandler(BaseHandler):
     """Counters for diagnosis and benchmarks: FUSE requests by operation, database positions."""
 
-    def initialize(self, store: Store, executor: ThreadPoolExecutor, stats: Callable[[], dict]) -> None:
-        super().initialize(store, executor)
-        self.stats = stats
-
     def get(self) -> None:
         self.prepare_headers()
         self.set_header("Content-Type", "application/json")
-        body = dict(self.stats())
+        body = dict(self.ctx.stats())
         body["dbs"] = {db.name: {"txid": "%016x" % db.pos.txid, "checksum": "%016x" % db.pos.checksum}
                        for db in self.store.databases()}
         self.finish(json.dumps(body, indent=2) + "\n")
 
 
-def make_app(store: Store, executor: ThreadPoolExecutor,
-             stats: Callable[[], dict] | None = None) -> tornado.web.Application:
-    args = dict(store=store, executor=executor)
+class StreamHandler(BaseHandler):
+    """POST /stream: a replica's position map in, a never-ending stream of frames out."""
+
+    async def post(self) -> None:
+        self.prepare_headers()
+        store = self.store
+        if not store.is_primary:
+            self.fail(ReadOnlyReplicaError("this node is not the primary"))
+            return
+        peer = self.request.headers.get("Litefs-Id", "").upper()
+        if peer == "%016X" % store.node_id:
+            self.fail(UsageError("refusing to stream to myself"))
+            return
+        cluster = self.request.headers.get("Litefs-Cluster-Id", "")
+        if cluster and store.cluster_id and cluster != store.cluster_id:
+            self.fail(UsageError(f"cluster id mismatch: primary is {store.cluster_id}, replica is {cluster}"))
+            return
+        try:
+            positions = protocol.decode_pos_map(self.request.body)
+        except protocol.ProtocolError as exc:
+            self.fail(exc)
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        await Streamer(self.ctx.hub, self, positions, peer).run()
+        if not self.request.connection.stream.closed():  # type: ignore[union-attr]
+            self.finish()
+
+
+class InfoHandler(BaseHandler):
+    def get(self) -> None:
+        self.prepare_headers()
+        store = self.store
+        self.set_header("Content-Type", "application/json")
+        body = {
+            "nodeID": "%016X" % store.node_id,
+            "clusterID": store.cluster_id,
+            "isPrimary": store.is_primary,
+            "ready": store.ready.is_set(),
+            "candidate": self.ctx.candidate,
+            "primary": {"hostname": store.primary_hostname, "advertiseURL": store.primary_url},
+            "lag": store.lag_ms() / 1000,
+            "dbs": {db.name: {"txid": "%016x" % db.pos.txid, "checksum": "%016x" % db.pos.checksum,
+                              "pageSize": db.page_size, "commit": db.commit}
+                    for db in store.databases()},
+        }
+        self.finish(json.dumps(body, indent=2) + "\n")
+
+
+class EventsHandler(BaseHandler):
+    """GET /events: newline-delimited JSON events, starting with `init`."""
+
+    async def get(self) -> None:
+        self.prepare_headers()
+        self.set_header("Content-Type", "application/json")
+        hub = self.ctx.events
+        queue: asyncio.Queue[dict | None] = asyncio.Queue(hub.MAX_QUEUED + 1)
+        hub.queues.add(queue)
+        try:
+            self.write(json.dumps({"type": "init", "data": hub.role()}) + "\n")
+            await self.flush()
+            while (event := await queue.get()) is not None:
+                self.write(json.dumps(event) + "\n")
+                await self.flush()
+        except tornado.iostream.StreamClosedError:
+            return
+        finally:
+            hub.queues.discard(queue)
+        self.finish()
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        self.set_header("Content-Type", content_type)
+        self.finish(encoder(REGISTRY))
+
+
+def make_app(ctx: Context) -> tornado.web.Application:
+    args = dict(ctx=ctx)
     return tornado.web.Application([
         (r"/import", ImportHandler, args),
         (r"/export", ExportHandler, args),
-        (r"/debug/vars", DebugVarsHandler, dict(args, stats=stats or dict)),
+        (r"/stream", StreamHandler, args),
+        (r"/info", InfoHandler, args),
+        (r"/events", EventsHandler, args),
+        (r"/metrics", MetricsHandler, args),
+        (r"/debug/vars", DebugVarsHandler, args),
     ], max_body_size=1 << 40)
 
 
@@ -140,11 +275,14 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 
 class APIServer:
-    def __init__(self, store: Store, addr: str, stats: Callable[[], dict] | None = None) -> None:
+    def __init__(self, store: Store, addr: str, *, candidate: bool = False,
+                 stats: Callable[[], dict] | None = None, send_timeout: float = 600.0) -> None:
         self.store = store
-        self.stats = stats
         self.addr = addr
-        self.executor = ThreadPoolExecutor(4, thread_name_prefix="litefs-http-exec")
+        self.executor = ThreadPoolExecutor(8, thread_name_prefix="litefs-http-exec")
+        self.hub = ReplicationHub(store, self.executor, send_timeout)
+        self.events = EventHub(store)
+        self.ctx = Context(store, self.executor, self.hub, self.events, candidate, stats or dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
@@ -159,7 +297,8 @@ class APIServer:
         def serve() -> None:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
-            self._server = tornado.httpserver.HTTPServer(make_app(self.store, self.executor, self.stats))
+            self.events.loop = self._loop
+            self._server = tornado.httpserver.HTTPServer(make_app(self.ctx))
             self._server.add_sockets(sockets)
             ready.set()
             self._loop.run_forever()

@@ -135,7 +135,7 @@ def test_exec_child_runs_when_ready_and_its_exit_ends_litefs(tmp_path):
     node.config["exec"] = [{"cmd": f"{sys.executable} -c \"{script}\""}]
     node.start(wait=False)
     assert node.proc.wait(30) == 7
-    assert marker.read_text() == "[]"
+    assert marker.read_text() == "['.lag']"  # mounted, nothing written yet
     node.stop()
 
 
