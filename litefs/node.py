@@ -87,7 +87,10 @@ class Node:
         self.api = APIServer(self.store, config.http.addr, candidate=config.lease.candidate,
                              stats=lambda: {"fuse_requests": dict(self.fs.requests)}, send_timeout=send_timeout)
         self.monitor = ClusterMonitor(self.store, make_leaser(config), reconnect_delay=config.lease.reconnect_delay,
-                                      on_role_change=lambda primary: self.api.events.primary_changed())
+                                      on_role_change=lambda primary: self.api.events.primary_changed(),
+                                      send_handoff=self.api.hub.handoff)
+        self.api.ctx.handoff = self.monitor.handoff
+        self.api.ctx.promote = self.monitor.promote
         self._collector = metrics.register_store(self.store, self.api.hub.count)
         self._fuse_thread: threading.Thread | None = None
         self._fuse_error: BaseException | None = None

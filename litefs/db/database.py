@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -364,6 +364,7 @@ class Database:
                  *, durable: bool, mode: Mode, wal: tuple[int, int, int, int] | None = None) -> None:
         """Write the LTX file of one transaction and advance the position."""
         faults.point("commit:before-ltx")
+        self.store.check_writable()
         txid = self.pos.txid + 1
         snapshot = txid == 1
         if self.checksums is None or self.checksums.page_size != page_size:
@@ -385,8 +386,11 @@ class Database:
                 enc.encode_pages(range(first, first + count), b"".join(pages[p] for p in range(first, first + count)))
             enc.close(post)
 
-        path = self.ltx.write(txid, txid, encode, durable=durable,
-                              before_rename=lambda: faults.point("commit:before-rename"))
+        def before_rename() -> None:
+            faults.point("commit:before-rename")
+            self.store.check_writable()  # the lease may have run out while encoding: fence
+
+        path = self.ltx.write(txid, txid, encode, durable=durable, before_rename=before_rename)
         faults.point("commit:after-rename")
         if not durable:
             self._unsynced.append(path)
@@ -557,6 +561,72 @@ class Database:
             self.pos = Pos(header.max_txid, trailer.post_apply_checksum)
             self.timestamp = max(self.timestamp, header.timestamp)
             self.store.notify_commit(self, header)
+
+    def demote(self) -> None:
+        """This node stops being primary: make the files hold exactly the last committed state,
+        as a replica's must (no hot journal, no WAL frames), working through the mount under
+        SQLite's locks like an apply. A writer cut off mid-transaction keeps its locks until
+        SQLite gives up on it; if that outlasts the lock deadline, this raises and is retried
+        at the next apply."""
+        from litefs.db import shm, sqlite_locks
+
+        with self.lock:
+            if not self.exists or not self.commit:
+                return
+            ps, commit, wal_pages = self.page_size, self.commit, dict(self._wal_pages)
+            journal_path = self.path(FileKind.JOURNAL)
+            try:
+                with open(journal_path, "rb") as f:
+                    hot = journal_format.is_hot_header(f.read(28))
+            except FileNotFoundError:
+                hot = False
+            self._dirty.clear()
+        if not hot and not wal_pages and not self._dirty_wal():
+            return
+        mount = self.store.mount_path(self.name)
+        db_fd = os.open(mount, os.O_RDWR)
+        shm_fd = os.open(mount + "-shm", os.O_RDWR | os.O_CREAT)
+        try:
+            with sqlite_locks.exclusive(db_fd, shm_fd, rollback=True, wal=True):
+                if hot:
+                    playback = journal_format.read_journal(self._reader(journal_path),
+                                                           journal_path.stat().st_size, ps)
+                    for pgno, page in playback.pages.items():
+                        os.pwrite(db_fd, page, (pgno - 1) * ps)
+                    os.unlink(mount + "-journal")
+                for pgno, off in wal_pages.items():
+                    if pgno <= commit:
+                        os.pwrite(db_fd, self._read_wal(off, ps), (pgno - 1) * ps)
+                os.ftruncate(db_fd, commit * ps)
+                block = shm.rewrite(os.pread(shm_fd, shm.HEADER_SIZE, 0), ps, commit)
+                os.pwrite(shm_fd, block.ljust(shm.BLOCK_SIZE, b"\0") if os.fstat(shm_fd).st_size < shm.BLOCK_SIZE else block, 0)
+                if self.path(FileKind.WAL).exists():
+                    wal_fd = os.open(mount + "-wal", os.O_RDWR)
+                    try:
+                        os.ftruncate(wal_fd, 0)
+                    finally:
+                        os.close(wal_fd)
+        finally:
+            os.close(shm_fd)
+            os.close(db_fd)
+        with self.lock:
+            self._wal_pages.clear()
+            self._wal.reset()
+        log.info("%s: files brought back to position %s for replica mode", self.name, self.pos)
+
+    def _dirty_wal(self) -> bool:
+        try:
+            return self.path(FileKind.WAL).stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def _reader(path: Path) -> "Callable[[int, int], bytes]":
+        def read(offset: int, size: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        return read
 
     def reset_position(self) -> None:
         """Forget the position so the primary sends a snapshot (after a failed apply)."""

@@ -72,13 +72,17 @@ class LTXDir:
         """
         final = self.path_for(min_txid, max_txid)
         tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb", buffering=256 * 1024) as f:
-            encode(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
+        try:
+            with open(tmp, "wb", buffering=256 * 1024) as f:
+                encode(f)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+            if before_rename is not None:
+                before_rename()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.rename(tmp, final)
         if durable:
             fsync_dir(self.path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import random
 import re
@@ -78,6 +79,9 @@ class Store:
         self.retention_interval = retention_interval
         self.node_id = random.getrandbits(64) or 1
         self.is_primary = True
+        # Monotonic deadline of the primary's lease: no commit is accepted after it, even if the
+        # lease thread has not run yet (a process resumed after SIGSTOP).
+        self.lease_valid_until = math.inf
         self.cluster_id = ""
         # Replicas: the primary's hostname, and its clock as last heard (heartbeat or LTX).
         self.primary_hostname = ""
@@ -189,6 +193,16 @@ class Store:
     def check_writable(self) -> None:
         if not self.is_primary:
             raise ReadOnlyReplicaError("this node is a read-only replica")
+        if time.monotonic() >= self.lease_valid_until:
+            raise ReadOnlyReplicaError("this node's primary lease has expired")
+
+    def demote(self) -> None:
+        """This node is no longer primary: bring every database to its last committed state."""
+        for db in self.databases():
+            try:
+                db.demote()
+            except LitefsError as exc:
+                log.error("%s: could not prepare for replica mode: %s", db.name, exc)
 
     # -- commits --------------------------------------------------------------------------------
 

@@ -320,8 +320,12 @@ class FileSystem(llfuse.Operations):
             raise llfuse.FUSEError(errno.ENOENT)
         if kind is None:
             raise llfuse.FUSEError(errno.EACCES)
+        internal = self._internal(ctx)
         with llfuse.lock_released:
-            db.unlink(kind)
+            if internal:
+                os.unlink(db.path(kind))  # the daemon's own clean-up: no commit, no role check
+            else:
+                db.unlink(kind)
 
     # -- directory ------------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class Streamer:
             self.synced = True
             await self._frame("ready", protocol.ready_frame())
             await self._frame("heartbeat", protocol.heartbeat_frame(int(time.time() * 1000)))
-            while True:
+            while self.store.is_primary:
                 try:
                     await asyncio.wait_for(self._event.wait(), HEARTBEAT_INTERVAL)
                 except asyncio.TimeoutError:

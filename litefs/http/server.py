@@ -44,6 +44,9 @@ class Context:
     events: EventHub
     candidate: bool
     stats: Callable[[], dict]
+    # Set by the node once its cluster monitor exists.
+    handoff: Callable[[str], bool] = lambda node_id: False
+    promote: Callable[[], None] = lambda: None
 
 
 class EventHub:
@@ -207,6 +210,42 @@ class StreamHandler(BaseHandler):
             self.finish()
 
 
+class HandoffHandler(BaseHandler):
+    """POST /handoff?nodeID=…: the primary passes its lease to that connected replica."""
+
+    async def post(self) -> None:
+        self.prepare_headers()
+        node_id = self.get_query_argument("nodeID", "")
+        if len(node_id) != 16:
+            self.fail(UsageError("nodeID must be 16 hex digits"))
+            return
+        if not self.store.is_primary:
+            self.fail(ReadOnlyReplicaError("this node is not the primary"))
+            return
+        if not await self.run(self.ctx.handoff, node_id):
+            self.fail(LitefsError(f"could not hand the lease to {node_id}: not connected, or the lease cannot be handed off"))
+            return
+        self.finish("OK\n")
+
+
+class PromoteHandler(BaseHandler):
+    """POST /promote on a candidate replica: ask the primary to hand over."""
+
+    async def post(self) -> None:
+        self.prepare_headers()
+        if not self.ctx.candidate:
+            self.set_status(409)
+            self.finish("this node is not a candidate\n")
+            return
+        if not self.store.is_primary:
+            try:
+                await self.run(self.ctx.promote)
+            except LitefsError as exc:
+                self.fail(exc)
+                return
+        self.finish("OK\n")
+
+
 class InfoHandler(BaseHandler):
     def get(self) -> None:
         self.prepare_headers()
@@ -263,6 +302,8 @@ def make_app(ctx: Context) -> tornado.web.Application:
         (r"/export", ExportHandler, args),
         (r"/stream", StreamHandler, args),
         (r"/info", InfoHandler, args),
+        (r"/handoff", HandoffHandler, args),
+        (r"/promote", PromoteHandler, args),
         (r"/events", EventsHandler, args),
         (r"/metrics", MetricsHandler, args),
         (r"/debug/vars", DebugVarsHandler, args),

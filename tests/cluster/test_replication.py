@@ -142,7 +142,7 @@ def test_faulty_network_never_applies_a_bad_file(tmp_path, fault):
         cluster.replicas.append(r)
         write(cluster.primary, "app.db", "delete", 20)
         if fault == "cut":
-            proxy.cut_after(3000)
+            proxy.cut_after(600, once=True)
         elif fault == "flip":
             proxy.flip_bits(every_n_bytes=1500, seed=7)
         else:
