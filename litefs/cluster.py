@@ -74,7 +74,7 @@ class ClusterMonitor:
             lease = self.lease
             if lease is None or not self.store.is_primary:
                 return False
-            # Stop taking writes before anyone else can be primary.
+            # Stop taking writes (and saying we lead) before anyone else can be primary.
             self.store.lease_valid_until = -math.inf
             try:
                 lease_id = lease.handoff()

@@ -40,7 +40,7 @@ class StoreCollector(Collector):
         store = self.store
         dbs = store.databases()
         yield GaugeMetricFamily("litefs_db_count", "Databases managed by this node.", value=len(dbs))
-        yield GaugeMetricFamily("litefs_is_primary", "1 if this node is the primary.", value=int(store.is_primary))
+        yield GaugeMetricFamily("litefs_is_primary", "1 if this node is the primary.", value=int(store.acting_primary))
         streams = self.streams()
         yield GaugeMetricFamily("litefs_subscriber_count", "Connected change subscribers (replica streams).", value=streams)
         yield GaugeMetricFamily("litefs_http_stream_count", "Open /stream connections.", value=streams)

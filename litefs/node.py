@@ -26,6 +26,7 @@ from litefs.config import Config, ExecCommand
 from litefs.db import Store
 from litefs.errors import LitefsError
 from litefs.fuse.operations import FileSystem
+from litefs.http.proxy import ProxyServer, forward_routes
 from litefs.http.server import APIServer
 from litefs.lease import Leaser, StaticLeaser
 
@@ -84,8 +85,12 @@ class Node:
         self.store.is_primary = False
         self.fs = FileSystem(self.store)
         send_timeout = config.http.snapshot_timeout or config.data.retention
+        # The primary's API also takes writes forwarded by replicas' proxies (/litefs/proxy/...).
+        routes = forward_routes(self.store, config.proxy) if config.proxy.target else []
         self.api = APIServer(self.store, config.http.addr, candidate=config.lease.candidate,
-                             stats=lambda: {"fuse_requests": dict(self.fs.requests)}, send_timeout=send_timeout)
+                             stats=lambda: {"fuse_requests": dict(self.fs.requests)}, send_timeout=send_timeout,
+                             extra_routes=routes)
+        self.proxy = ProxyServer(self.store, config.proxy) if config.proxy.target else None
         self.monitor = ClusterMonitor(self.store, make_leaser(config), reconnect_delay=config.lease.reconnect_delay,
                                       on_role_change=lambda primary: self.api.events.primary_changed(),
                                       send_handoff=self.api.hub.handoff)
@@ -167,6 +172,9 @@ class Node:
                 self.shutdown()
                 return code
         log.info("connected to cluster, ready")
+        if self.proxy is not None:
+            self.proxy.start()
+            log.info("proxy server listening on: %s", self.proxy.url)
         sd_notify("READY=1")
         code = self._run_commands()
         if code is not None:
@@ -185,7 +193,7 @@ class Node:
         log.info("waiting to connect to cluster")
         while not self.monitor.ready.is_set():
             info = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 0.05)
-            if info is not None:
+            if info is not None and info.si_signo in (signal.SIGINT, signal.SIGTERM):
                 return 0
             if self._fuse_thread is not None and not self._fuse_thread.is_alive():
                 return EXIT_FATAL
@@ -197,7 +205,8 @@ class Node:
             if self._fuse_thread is not None and not self._fuse_thread.is_alive():
                 log.error("the file system was unmounted from outside")
                 return EXIT_FATAL
-            if info is None:
+            if info is None or info.si_signo not in _SIGNALS:
+                # Waking after SIGSTOP/SIGCONT can yield a siginfo with no real signal in it.
                 continue
             if info.si_signo == signal.SIGCHLD:
                 if self._child is None:
@@ -219,6 +228,8 @@ class Node:
 
     def shutdown(self) -> None:
         sd_notify("STOPPING=1")
+        if self.proxy is not None:
+            self.proxy.stop()
         self.monitor.stop()
         self.api.stop()
         if self._fuse_thread is not None:

@@ -181,6 +181,11 @@ class Store:
             db.create_file()
         return db
 
+    @property
+    def acting_primary(self) -> bool:
+        """Primary and inside its lease: what this node tells others it is."""
+        return self.is_primary and time.monotonic() < self.lease_valid_until
+
     def lag_ms(self) -> int:
         """How far behind the primary this node may be: 0 on the primary, the age of the last
         word from the primary on a replica, and the maximum before the first one."""

@@ -72,7 +72,7 @@ class EventHub:
         self.publish({"type": "primaryChange", "data": self.role()})
 
     def role(self) -> dict:
-        return {"isPrimary": self.store.is_primary, "hostname": self.store.primary_hostname}
+        return {"isPrimary": self.store.acting_primary, "hostname": self.store.primary_hostname}
 
     def publish(self, event: dict) -> None:
         if self.loop is not None:
@@ -254,7 +254,7 @@ class InfoHandler(BaseHandler):
         body = {
             "nodeID": "%016X" % store.node_id,
             "clusterID": store.cluster_id,
-            "isPrimary": store.is_primary,
+            "isPrimary": store.acting_primary,
             "ready": store.ready.is_set(),
             "candidate": self.ctx.candidate,
             "primary": {"hostname": store.primary_hostname, "advertiseURL": store.primary_url},
@@ -295,9 +295,9 @@ class MetricsHandler(BaseHandler):
         self.finish(encoder(REGISTRY))
 
 
-def make_app(ctx: Context) -> tornado.web.Application:
+def make_app(ctx: Context, extra_routes: list | None = None) -> tornado.web.Application:
     args = dict(ctx=ctx)
-    return tornado.web.Application([
+    return tornado.web.Application([*(extra_routes or []),
         (r"/import", ImportHandler, args),
         (r"/export", ExportHandler, args),
         (r"/stream", StreamHandler, args),
@@ -317,8 +317,10 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 class APIServer:
     def __init__(self, store: Store, addr: str, *, candidate: bool = False,
-                 stats: Callable[[], dict] | None = None, send_timeout: float = 600.0) -> None:
+                 stats: Callable[[], dict] | None = None, send_timeout: float = 600.0,
+                 extra_routes: list | None = None) -> None:
         self.store = store
+        self.extra_routes = extra_routes or []
         self.addr = addr
         self.executor = ThreadPoolExecutor(8, thread_name_prefix="litefs-http-exec")
         self.hub = ReplicationHub(store, self.executor, send_timeout)
@@ -339,7 +341,7 @@ class APIServer:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self.events.loop = self._loop
-            self._server = tornado.httpserver.HTTPServer(make_app(self.ctx))
+            self._server = tornado.httpserver.HTTPServer(make_app(self.ctx, self.extra_routes))
             self._server.add_sockets(sockets)
             ready.set()
             self._loop.run_forever()
