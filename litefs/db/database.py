@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from litefs import faults, metrics
 from litefs.db import journal as journal_format
+from litefs.db import shm, sqlite_locks
 from litefs.db.ltxdir import LTXDir
 from litefs.db.wal import WALTracker, WALTransaction, checkpoint_pages
 from litefs.errors import LitefsError, LTXChecksumError, PositionMismatchError, RecoveryError
@@ -472,8 +473,6 @@ class Database:
         written through the mount while holding SQLite's own locks, so readers on this node never
         see a torn state and the kernel's page cache stays coherent.
         """
-        from litefs.db import shm, sqlite_locks
-
         try:
             header, trailer, wal_after = _verify_and_mode(received)
             with self.lock:
@@ -497,6 +496,21 @@ class Database:
         ps = header.page_size
         mount = self.store.mount_path(self.name)
         sums = DatabaseChecksum(ps) if header.is_snapshot or self.checksums is None else self.checksums.copy()
+        with self.store.internal_io():
+            self._apply_pages(path, header, trailer, mount, sums, wal_before, wal_after)
+        with self.lock:
+            self.checksums = sums
+            self.page_size = ps
+            self.commit = header.commit
+            self.mode = Mode.WAL if wal_after else Mode.ROLLBACK
+            self.pos = Pos(header.max_txid, trailer.post_apply_checksum)
+            self.timestamp = max(self.timestamp, header.timestamp)
+            self.store.notify_commit(self, header)
+            return self.pos
+
+    def _apply_pages(self, path: Path, header: Header, trailer: Trailer, mount: str,
+                     sums: DatabaseChecksum, wal_before: bool, wal_after: bool) -> None:
+        ps = header.page_size
         db_fd = os.open(mount, os.O_RDWR | os.O_CREAT)
         shm_fd = os.open(mount + "-shm", os.O_RDWR | os.O_CREAT)
         try:
@@ -519,15 +533,6 @@ class Database:
         finally:
             os.close(shm_fd)
             os.close(db_fd)
-        with self.lock:
-            self.checksums = sums
-            self.page_size = ps
-            self.commit = header.commit
-            self.mode = Mode.WAL if wal_after else Mode.ROLLBACK
-            self.pos = Pos(header.max_txid, trailer.post_apply_checksum)
-            self.timestamp = max(self.timestamp, header.timestamp)
-            self.store.notify_commit(self, header)
-            return self.pos
 
     @staticmethod
     def _write_batch(fd: int, batch: "PageBatch", ps: int) -> None:
@@ -568,8 +573,6 @@ class Database:
         SQLite's locks like an apply. A writer cut off mid-transaction keeps its locks until
         SQLite gives up on it; if that outlasts the lock deadline, this raises and is retried
         at the next apply."""
-        from litefs.db import shm, sqlite_locks
-
         with self.lock:
             if not self.exists or not self.commit:
                 return
@@ -583,6 +586,15 @@ class Database:
             self._dirty.clear()
         if not hot and not wal_pages and not self._dirty_wal():
             return
+        with self.store.internal_io():
+            self._fold_for_replica(hot, ps, commit, wal_pages)
+        with self.lock:
+            self._wal_pages.clear()
+            self._wal.reset()
+        log.info("%s: files brought back to position %s for replica mode", self.name, self.pos)
+
+    def _fold_for_replica(self, hot: bool, ps: int, commit: int, wal_pages: dict[int, int]) -> None:
+        journal_path = self.path(FileKind.JOURNAL)
         mount = self.store.mount_path(self.name)
         db_fd = os.open(mount, os.O_RDWR)
         shm_fd = os.open(mount + "-shm", os.O_RDWR | os.O_CREAT)
@@ -609,10 +621,6 @@ class Database:
         finally:
             os.close(shm_fd)
             os.close(db_fd)
-        with self.lock:
-            self._wal_pages.clear()
-            self._wal.reset()
-        log.info("%s: files brought back to position %s for replica mode", self.name, self.pos)
 
     def _dirty_wal(self) -> bool:
         try:

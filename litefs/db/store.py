@@ -15,6 +15,7 @@ import re
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class Store:
         self.primary_timestamp_ms = 0
         # Set once the node can serve: primary, or caught up with the primary.
         self.ready = threading.Event()
+        # Threads changing files through the mount behind SQLite's back (apply, demote): the
+        # FUSE adapter lets their requests bypass capture and role checks.
+        self.internal_threads: set[int] = set()
         self.lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
         self._subscribers: list[CommitSubscriber] = []
@@ -180,6 +184,16 @@ class Store:
         if create_file:
             db.create_file()
         return db
+
+    @contextmanager
+    def internal_io(self) -> Iterator[None]:
+        """Mark this thread's file-system requests as the daemon's own."""
+        tid = threading.get_native_id()
+        self.internal_threads.add(tid)
+        try:
+            yield
+        finally:
+            self.internal_threads.discard(tid)
 
     @property
     def acting_primary(self) -> bool:

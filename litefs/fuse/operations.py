@@ -5,9 +5,9 @@ backing files; `<db>-pos` is read-only text `%016x/%016x\\n`; `.primary` (replic
 primary's hostname) and `.lag` (`%+010d\\n` milliseconds behind the primary). Inode numbers
 are stable for the life of the process: each database gets a block of eight.
 
-Files the daemon opens through its own mount (a replica applying an LTX file under SQLite's
-locks) are recognised by the requesting thread being one of ours: their writes bypass capture
-and role checks.
+Files the daemon opens through its own mount to change them behind SQLite's back (a replica
+applying an LTX file under SQLite's locks) come from threads registered in
+`store.internal_threads`: their writes bypass capture and role checks.
 
 Threading: llfuse runs every handler holding `llfuse.lock`. Handlers keep their own state (the
 handle table, the inode map) under it, and release it around every call into the db layer,
@@ -43,8 +43,8 @@ _POS = 4  # slot of -pos inside a database's block; FileKind slots are 0..3
 _KIND_SLOT = {FileKind.DATABASE: 0, FileKind.JOURNAL: 1, FileKind.WAL: 2, FileKind.SHM: 3}
 _SLOT_KIND = {v: k for k, v in _KIND_SLOT.items()}
 _SUFFIXES = (("-journal", FileKind.JOURNAL), ("-wal", FileKind.WAL), ("-shm", FileKind.SHM), ("-pos", None))
-# Entries may be cached briefly (every name change goes through the kernel on this node);
-# attributes never are, so SQLite always sees the real size.
+# Entries, positive and negative, may be cached briefly (every name change goes through the
+# kernel on this node); attributes never are, so SQLite always sees the real size.
 ENTRY_TIMEOUT = 1.0
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,9 +184,22 @@ class FileSystem(llfuse.Operations):
             return self._special_attr(_SPECIAL[text])
         db_name, kind = parse_name(text)
         db = self.store.db(db_name)
-        if db is None or not db.exists:
-            raise llfuse.FUSEError(errno.ENOENT)
-        return self._attr(db, kind, self._inode(db_name, _POS if kind is None else _KIND_SLOT[kind]))
+        try:
+            if db is None or not db.exists:
+                raise FileNotFoundError(text)
+            return self._attr(db, kind, self._inode(db_name, _POS if kind is None else _KIND_SLOT[kind]))
+        except FileNotFoundError:
+            # A negative entry the kernel may cache: SQLite looks for a hot journal at the start
+            # of every transaction. Names only appear through the kernel (the daemon's own files
+            # too), which drops the cached negative entry when it creates one.
+            return self._negative()
+
+    def _negative(self) -> llfuse.EntryAttributes:
+        e = llfuse.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = 0
+        return e
 
     @_errors
     def getattr(self, inode: int, ctx: Any = None) -> llfuse.EntryAttributes:
@@ -224,10 +237,10 @@ class FileSystem(llfuse.Operations):
         self._handles[fh] = handle
         return fh
 
-    @staticmethod
-    def _internal(ctx: Any) -> bool:
-        # FUSE reports the calling thread's id, not the process id.
-        return ctx is not None and (ctx.pid == os.getpid() or os.path.exists(f"/proc/self/task/{ctx.pid}"))
+    def _internal(self, ctx: Any) -> bool:
+        # FUSE reports the calling thread's id; only threads the store marked count (an import
+        # also goes through the mount from a daemon thread, and must be captured like any write).
+        return ctx is not None and ctx.pid in self.store.internal_threads
 
     @_errors
     def open(self, inode: int, flags: int, ctx: Any) -> int:
