@@ -21,6 +21,8 @@ from pathlib import Path
 import llfuse
 
 from litefs import metrics
+from litefs.archive.store import store_from_config
+from litefs.archive.worker import ArchiveWorker
 from litefs.cluster import ClusterMonitor
 from litefs.config import Config, ExecCommand
 from litefs.db import Store
@@ -92,10 +94,13 @@ class Node:
                              extra_routes=routes)
         self.proxy = ProxyServer(self.store, config.proxy) if config.proxy.target else None
         self.monitor = ClusterMonitor(self.store, make_leaser(config), reconnect_delay=config.lease.reconnect_delay,
-                                      on_role_change=lambda primary: self.api.events.primary_changed(),
+                                      on_role_change=self._role_changed,
                                       send_handoff=self.api.hub.handoff)
         self.api.ctx.handoff = self.monitor.handoff
         self.api.ctx.promote = self.monitor.promote
+        self.archiver: ArchiveWorker | None = None
+        self.store.retention_floors.append(self._archive_floor)
+        self.store.subscribe(self._archive_notify)
         self._collector = metrics.register_store(self.store, self.api.hub.count)
         self._fuse_thread: threading.Thread | None = None
         self._fuse_error: BaseException | None = None
@@ -117,6 +122,45 @@ class Node:
         self._fuse_thread.start()
         log.info("LiteFS mounted to: %s (node %016X)", cfg.fuse.dir, self.store.node_id)
         self.monitor.start()
+
+    # -- the archive (primary only) ----------------------------------------------------------------
+
+    def _role_changed(self, primary: bool) -> None:
+        """Called on the lease thread when this node becomes primary or stops being it."""
+        self.api.events.primary_changed()
+        if primary and self.config.archive.type != "none" and self.archiver is None:
+            backend, prefix = store_from_config(self.config.archive)
+            self.archiver = ArchiveWorker(self.config.archive, backend, self.config.data.dir, prefix=prefix,
+                                          snapshot_source=self._archive_snapshot)
+            self.archiver.start()
+            log.info("archiving to %s (%s)", self.config.archive.type,
+                     self.config.archive.path if self.config.archive.type == "file" else self.config.archive.bucket)
+        elif not primary and self.archiver is not None:
+            self.archiver.stop(flush=False)
+            self.archiver = None
+
+    def _archive_floor(self, name: str) -> int | None:
+        # LTX files the archive has not taken yet must stay (only while this node archives).
+        archiver = self.archiver
+        return archiver.hwm(name) if archiver is not None else None
+
+    def _archive_notify(self, db: object, header: object) -> None:
+        archiver = self.archiver
+        if archiver is not None:
+            archiver.notify(getattr(db, "name", None))
+
+    def _archive_snapshot(self, name: str) -> Path | None:
+        """A snapshot LTX file of a database's current state, for the archive to start a
+        lineage from when the local files no longer continue it."""
+        db = self.store.db(name)
+        if db is None or not db.pos.txid:
+            return None
+        directory = self.config.data.dir / "tmp"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"archive-snapshot-{name}.ltx"
+        with open(path, "wb") as f:
+            db.write_snapshot(f)
+        return path
 
     def _serve_fuse(self) -> None:
         try:
@@ -230,6 +274,9 @@ class Node:
         sd_notify("STOPPING=1")
         if self.proxy is not None:
             self.proxy.stop()
+        if self.archiver is not None:
+            self.archiver.stop(flush=True, timeout=10)
+            self.archiver = None
         self.monitor.stop()
         self.api.stop()
         if self._fuse_thread is not None:

@@ -24,38 +24,53 @@ cdef unsigned char ZERO4[4]
 ZERO4[:] = [0, 0, 0, 0]
 
 
+cdef uint64_t _fill_frames(unsigned char *out, const unsigned char *data, const uint32_t *pgnos,
+                           unsigned long long *sums, size_t n, uint32_t page_size,
+                           uint64_t file_crc) noexcept nogil:
+    """Lay out n frames in out, each frame's CRC once; returns the new file CRC."""
+    cdef size_t i, frame_size = 4 + <size_t>page_size
+    cdef unsigned char *f
+    cdef uint32_t p
+    cdef uint64_t c
+    for i in range(n):
+        f = out + i * frame_size
+        p = pgnos[i]
+        f[0] = p >> 24
+        f[1] = p >> 16
+        f[2] = p >> 8
+        f[3] = p
+        memcpy(f + 4, data + i * page_size, page_size)
+        c = litefs_crc64_update(0, f, frame_size)
+        file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
+        sums[i] = LITEFS_CHECKSUM_FLAG | c
+    return file_crc
+
+
+cdef array _pgno_array(pgnos, size_t n, const unsigned char[::1] data, uint32_t page_size):
+    if <size_t>data.shape[0] != n * page_size:
+        raise ValueError("data holds %d bytes, expected %d pages of %d" % (data.shape[0], n, page_size))
+    cdef array pg = clone(_UINT32_TEMPLATE, n, False)
+    cdef size_t i
+    for i in range(n):
+        pg.data.as_uints[i] = pgnos[i]
+    litefs_crc64_prepare_frame(page_size)
+    return pg
+
+
 def encode_pages(const unsigned char[::1] data, pgnos, uint32_t page_size, uint64_t file_crc, uint64_t op):
     """Serialize len(pgnos) pages (data holds them back to back) as LTX page frames.
 
     op is crc64.shift_op(4 + page_size). Returns (frames, new file CRC, array('Q') of the page
-    checksums). Page-number rules are the encoder's job; this only lays out bytes.
+    checksums). Page-number rules are check_pgnos' job; this only lays out bytes.
     """
-    cdef size_t n = len(pgnos), i
-    cdef size_t frame_size = 4 + <size_t>page_size
-    if <size_t>data.shape[0] != n * page_size:
-        raise ValueError("data holds %d bytes, expected %d pages of %d" % (data.shape[0], n, page_size))
-    cdef array pg = clone(_UINT32_TEMPLATE, n, False)
-    for i in range(n):
-        pg.data.as_uints[i] = pgnos[i]
+    cdef size_t n = len(pgnos)
+    cdef array pg = _pgno_array(pgnos, n, data, page_size)
     cdef array sums = clone(_UINT64_TEMPLATE, n, False)
-    litefs_crc64_prepare_frame(page_size)
-    frames = PyBytes_FromStringAndSize(NULL, n * frame_size)
+    frames = PyBytes_FromStringAndSize(NULL, n * (4 + <size_t>page_size))
     cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(frames)
-    cdef unsigned char *f
-    cdef uint32_t p
-    cdef uint64_t c
     with nogil:
-        for i in range(n):
-            f = out + i * frame_size
-            p = pg.data.as_uints[i]
-            f[0] = p >> 24
-            f[1] = p >> 16
-            f[2] = p >> 8
-            f[3] = p
-            memcpy(f + 4, &data[i * page_size], page_size)
-            c = litefs_crc64_update(0, f, frame_size)
-            file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
-            sums.data.as_ulonglongs[i] = LITEFS_CHECKSUM_FLAG | c
+        file_crc = _fill_frames(out, &data[0] if n else NULL, pg.data.as_uints, sums.data.as_ulonglongs,
+                                n, page_size, file_crc)
     return frames, file_crc, sums
 
 
@@ -65,33 +80,15 @@ def encode_pages_into(unsigned char[::1] out, const unsigned char[::1] data, pgn
 
     Returns (bytes written, new file CRC, array('Q') of page checksums).
     """
-    cdef size_t n = len(pgnos), i
-    cdef size_t frame_size = 4 + <size_t>page_size
-    if <size_t>data.shape[0] != n * page_size:
-        raise ValueError("data holds %d bytes, expected %d pages of %d" % (data.shape[0], n, page_size))
-    if <size_t>out.shape[0] < n * frame_size:
+    cdef size_t n = len(pgnos)
+    cdef array pg = _pgno_array(pgnos, n, data, page_size)
+    if <size_t>out.shape[0] < n * (4 + <size_t>page_size):
         raise ValueError("output buffer too small")
-    cdef array pg = clone(_UINT32_TEMPLATE, n, False)
-    for i in range(n):
-        pg.data.as_uints[i] = pgnos[i]
     cdef array sums = clone(_UINT64_TEMPLATE, n, False)
-    cdef unsigned char *f
-    cdef uint32_t p
-    cdef uint64_t c
-    litefs_crc64_prepare_frame(page_size)
     with nogil:
-        for i in range(n):
-            f = &out[i * frame_size]
-            p = pg.data.as_uints[i]
-            f[0] = p >> 24
-            f[1] = p >> 16
-            f[2] = p >> 8
-            f[3] = p
-            memcpy(f + 4, &data[i * page_size], page_size)
-            c = litefs_crc64_update(0, f, frame_size)
-            file_crc = litefs_crc64_combine_frame(file_crc, c, page_size)
-            sums.data.as_ulonglongs[i] = LITEFS_CHECKSUM_FLAG | c
-    return n * frame_size, file_crc, sums
+        file_crc = _fill_frames(&out[0] if n else NULL, &data[0] if n else NULL, pg.data.as_uints,
+                                sums.data.as_ulonglongs, n, page_size, file_crc)
+    return n * (4 + <size_t>page_size), file_crc, sums
 
 
 def check_pgnos(pgnos, uint32_t last, uint32_t commit, uint32_t lock, bint snapshot):
