@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from litefs.db.store import Store
 
 log = logging.getLogger(__name__)
+
+# Runs an fsync beside the LTX syncs (see Database.fsync).
+_SYNC_POOL = ThreadPoolExecutor(4, thread_name_prefix="litefs-sync")
 
 # Pages read per pread when building an LTX file from the database file.
 _READ_RUN = 256
@@ -71,6 +75,17 @@ class Mode(enum.Enum):
 
 
 _BACKING = {FileKind.DATABASE: "database", FileKind.JOURNAL: "journal", FileKind.WAL: "wal", FileKind.SHM: "shm"}
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # already removed by retention or a snapshot
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _verify_and_mode(path: Path) -> tuple[Header, Trailer, bool | None]:
@@ -224,25 +239,29 @@ class Database:
 
     def fsync(self, kind: FileKind, fd: int, datasync: bool) -> None:
         # SQLite syncs the WAL at commit (FULL) or before a checkpoint, and the database after
-        # one: the LTX files of the transactions involved must be durable by then.
-        if kind in (FileKind.WAL, FileKind.DATABASE):
-            self.sync_ltx()
-        (os.fdatasync if datasync else os.fsync)(fd)
+        # one: the LTX files of the transactions involved must be durable by then. Their
+        # contents are synced first, so a published name never points at lost data; then their
+        # directory and SQLite's file together, which the file system can fold into one commit.
+        sync = os.fdatasync if datasync else os.fsync
+        if kind in (FileKind.WAL, FileKind.DATABASE) and self._unsynced:
+            self.sync_ltx(alongside=lambda: sync(fd))
+            return
+        sync(fd)
 
-    def sync_ltx(self) -> None:
+    def sync_ltx(self, alongside: Callable[[], None] | None = None) -> None:
+        """Make the LTX files published without fsync durable; `alongside` runs with the
+        directory sync, after every file's contents are durable."""
         with self.lock:
             pending, self._unsynced = self._unsynced, []
-        for path in pending:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # already removed by retention or a snapshot
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if pending:
-            self.ltx.sync()
+        for f in [_SYNC_POOL.submit(_fsync_path, path) for path in pending]:
+            f.result()
+        other = _SYNC_POOL.submit(alongside) if alongside is not None else None
+        try:
+            if pending:
+                self.ltx.sync()
+        finally:
+            if other is not None:
+                other.result()
 
     # -- rollback-journal capture ---------------------------------------------------------------
 
