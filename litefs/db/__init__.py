@@ -2,7 +2,8 @@
 
 Depends on litefs.ltx; knows nothing of FUSE, HTTP or leases.
 """
-from litefs.db.database import Database, FileKind, Mode
+from litefs.db.database import Database
+from litefs.db.kinds import FileKind, Mode
 from litefs.db.store import Store, validate_name
 
 __all__ = ["Database", "FileKind", "Mode", "Store", "validate_name"]

@@ -6,6 +6,7 @@ hang. Not thread-safe: one decoder belongs to one reader.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -84,9 +85,9 @@ class _LZ4Body:
 class PageBatch:
     """Consecutive pages of a file: page i is buf[offsets[i]:offsets[i] + page_size]."""
 
-    pgnos: "array[int]"  # noqa: F821 - array('I')
-    offsets: "array[int]"  # noqa: F821
-    checksums: "array[int]"  # noqa: F821
+    pgnos: array  # array('I')
+    offsets: array
+    checksums: array
     buf: bytes
     page_size: int
 
@@ -111,7 +112,7 @@ class Decoder:
         self.page_count = 0
         self.trailer: Trailer | None = None
 
-    def _check_pgnos(self, pgnos: "array[int]") -> None:  # noqa: F821
+    def _check_pgnos(self, pgnos: array) -> None:
         hdr = self.header
         try:
             self._last_pgno = ltxcodec.check_pgnos(pgnos, self._last_pgno, hdr.commit, hdr.lock_pgno, hdr.is_snapshot)
