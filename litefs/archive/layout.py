@@ -1,11 +1,13 @@
 """The archive's bucket layout: object keys, per-object metadata, and the per-database manifest.
 
-    <prefix>/<db>/<level>/<min TXID>-<max TXID>.ltx     level: 4 hex digits, 0000..0009
+    <prefix>/<db>/0000/<min TXID>-<max TXID>.ltxs    level 0: bundles (the LTX files of one upload)
+    <prefix>/<db>/<level>/<min TXID>-<max TXID>.ltx  levels 1..8: compactions, 9: snapshots
     <prefix>/<db>/manifest.json
 
-Level 0 holds uploaded batches, 1..8 compactions, 9 snapshots (min TXID 1). TXIDs are 16
-lowercase hex digits, so a listing is in TXID order. docs/archive-layout.md is the reader's
-version of this file.
+TXIDs are 16 lowercase hex digits, so a listing is in TXID order. The manifest indexes the
+compacted levels and the snapshots; level-0 bundles are found by listing level 0 from a TXID on
+(StartAfter), see Layout.l0_start_after. docs/archive-layout.md is the reader's version of
+this file.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ SNAPSHOT_LEVEL = 9
 MAX_COMPACTION_LEVEL = 8
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "litefs-archive-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+BUNDLE_SUFFIX = ".ltxs"
 
-_OBJECT_NAME = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_OBJECT_NAME = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.(ltxs?)$")
 
 # Object metadata (x-amz-meta-* on S3, the sidecar on a file store).
 META_FIRST_COMMIT = "litefs-first-commit"
@@ -34,6 +37,7 @@ META_POST_APPLY = "litefs-post-apply-checksum"
 META_FILE_CHECKSUM = "litefs-file-checksum"
 META_PAGE_SIZE = "litefs-page-size"
 META_COMMIT = "litefs-commit"
+META_FILES = "litefs-files"
 
 
 def format_time(ms: int) -> str:
@@ -57,7 +61,12 @@ def hex16(value: int) -> str:
 
 @dataclass(frozen=True, order=True)
 class ObjectEntry:
-    """One archived LTX object, as the manifest and the planner see it."""
+    """One archived object, as the manifest and the planner see it.
+
+    Level 0 objects are bundles: `count` LTX files back to back (see bundle.py); their
+    first/last times are those of the first and the latest commit inside, pre-apply is the
+    first file's and post-apply the last file's.
+    """
 
     min_txid: int
     max_txid: int
@@ -70,15 +79,20 @@ class ObjectEntry:
     file_checksum: int = 0
     page_size: int = 0
     commit: int = 0
+    count: int = 0  # LTX files in a bundle (level 0); 0 otherwise
 
     @property
     def is_snapshot(self) -> bool:
         return self.min_txid == 1
 
     @property
+    def is_bundle(self) -> bool:
+        return self.level == 0
+
+    @property
     def name(self) -> str:
-        """The key below the database's prefix: `<level>/<min>-<max>.ltx`."""
-        return "%04x/%016x-%016x.ltx" % (self.level, self.min_txid, self.max_txid)
+        """The key below the database's prefix: `<level>/<min>-<max>.ltx` (`.ltxs` for a bundle)."""
+        return "%04x/%016x-%016x.%s" % (self.level, self.min_txid, self.max_txid, "ltxs" if self.level == 0 else "ltx")
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -89,6 +103,7 @@ class ObjectEntry:
             META_FILE_CHECKSUM: hex16(self.file_checksum),
             META_PAGE_SIZE: str(self.page_size),
             META_COMMIT: str(self.commit),
+            **({META_FILES: str(self.count)} if self.level == 0 else {}),
         }
 
     @classmethod
@@ -101,18 +116,32 @@ class ObjectEntry:
                 pre_apply=int(meta[META_PRE_APPLY], 16), post_apply=int(meta[META_POST_APPLY], 16),
                 size=size, file_checksum=int(meta.get(META_FILE_CHECKSUM, "0"), 16),
                 page_size=int(meta.get(META_PAGE_SIZE, "0")), commit=int(meta.get(META_COMMIT, "0")),
+                count=int(meta.get(META_FILES, "0")) if level == 0 else 0,
             )
         except (KeyError, ValueError) as exc:
             raise ArchiveError(f"{name}: missing or invalid object metadata ({exc})") from None
 
     @classmethod
     def from_ltx(cls, level: int, header: Header, trailer: Trailer, size: int,
-                 first_ts: int | None = None) -> "ObjectEntry":
+                 first_ts: int | None = None, last_ts: int | None = None) -> "ObjectEntry":
         return cls(
             min_txid=header.min_txid, max_txid=header.max_txid, level=level,
-            first_ts=header.timestamp if first_ts is None else first_ts, last_ts=header.timestamp,
+            first_ts=header.timestamp if first_ts is None else first_ts,
+            last_ts=header.timestamp if last_ts is None else max(last_ts, header.timestamp),
             pre_apply=header.pre_apply_checksum, post_apply=trailer.post_apply_checksum, size=size,
             file_checksum=trailer.file_checksum, page_size=header.page_size, commit=header.commit,
+        )
+
+    @classmethod
+    def bundle(cls, files: "list[tuple[Header, Trailer]]", size: int) -> "ObjectEntry":
+        """The entry of a bundle of LTX files (their headers and trailers, in order)."""
+        first, last = files[0], files[-1]
+        return cls(
+            min_txid=first[0].min_txid, max_txid=last[0].max_txid, level=0,
+            first_ts=first[0].timestamp, last_ts=max(h.timestamp for h, _ in files),
+            pre_apply=first[0].pre_apply_checksum, post_apply=last[1].post_apply_checksum, size=size,
+            file_checksum=last[1].file_checksum, page_size=last[0].page_size, commit=last[0].commit,
+            count=len(files),
         )
 
     def matches(self, header: Header, trailer: Trailer) -> str | None:
@@ -137,6 +166,7 @@ class ObjectEntry:
             "preApply": hex16(self.pre_apply), "postApply": hex16(self.post_apply),
             "fileChecksum": hex16(self.file_checksum), "size": self.size,
             "pageSize": self.page_size, "commit": self.commit,
+            **({"files": self.count} if self.level == 0 else {}),
         }
 
     @classmethod
@@ -147,16 +177,17 @@ class ObjectEntry:
             pre_apply=int(d["preApply"], 16), post_apply=int(d["postApply"], 16),
             size=int(d.get("size", 0)), file_checksum=int(d.get("fileChecksum", "0"), 16),
             page_size=int(d.get("pageSize", 0)), commit=int(d.get("commit", 0)),
+            count=int(d.get("files", 0)) if level == 0 else 0,
         )
 
 
 def parse_object_name(name: str) -> tuple[int, int, int]:
-    """`<level>/<min>-<max>.ltx` -> (level, min, max)."""
+    """`<level>/<min>-<max>.ltx` (`0000/<min>-<max>.ltxs`) -> (level, min, max)."""
     m = _OBJECT_NAME.match(name)
     if not m:
         raise ArchiveError(f"{name}: not an archive object name (<level>/<min>-<max>.ltx)")
     level, lo, hi = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
-    if level > SNAPSHOT_LEVEL or lo == 0 or lo > hi:
+    if level > SNAPSHOT_LEVEL or lo == 0 or lo > hi or (m.group(4) == "ltxs") != (level == 0):
         raise ArchiveError(f"{name}: not an archive object name")
     return level, lo, hi
 
@@ -193,6 +224,17 @@ class Layout:
     def manifest_key(self, db: str) -> str:
         return self.db_prefix(db) + MANIFEST_NAME
 
+    def level_prefix(self, db: str, level: int) -> str:
+        return self.db_prefix(db) + "%04x/" % level
+
+    def l0_start_after(self, db: str, txid: int) -> str:
+        """A StartAfter key: listing level 0 after it yields the bundles whose min TXID is >= txid."""
+        return self.level_prefix(db, 0) + "%016x" % txid
+
+    def above_l0(self, db: str) -> str:
+        """A StartAfter key that skips level 0 (the compacted levels, snapshots and manifest follow)."""
+        return self.db_prefix(db) + "0000/~"
+
     def name_of(self, db: str, key: str) -> str:
         """A key below the database's prefix, relative to it."""
         p = self.db_prefix(db)
@@ -201,9 +243,32 @@ class Layout:
         return key[len(p):]
 
 
+@dataclass(frozen=True)
+class HeadInfo:
+    """A state of the database named by the manifest: TXID, post-apply checksum, commit time."""
+
+    txid: int
+    checksum: int
+    time: int
+
+    def to_json(self) -> dict:
+        return {"txid": hex16(self.txid), "postApply": hex16(self.checksum), "time": format_time(self.time)}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "HeadInfo | None":
+        if not d:
+            return None
+        return cls(int(d["txid"], 16), int(d["postApply"], 16), parse_time(d["time"]))
+
+
 @dataclass
 class Manifest:
-    """Everything about one database's archive, so browsing and planning need one GET.
+    """The index of one database's compacted levels and snapshots.
+
+    It names every object of levels 1..9. Level 0 is not listed object by object (a week of
+    one-second bundles would make it hundreds of megabytes): `l0_start` says from which TXID on
+    the bundles are kept, `l0_head` which bundle was the newest when the manifest was written,
+    and readers list level 0 from the TXID they need on (Layout.l0_start_after).
 
     It is written after the objects it names exist and before anything it no longer names is
     deleted, so a reader never sees it name a missing object (unless something outside the
@@ -211,17 +276,20 @@ class Manifest:
     """
 
     db: str
-    objects: list[ObjectEntry] = field(default_factory=list)
+    objects: list[ObjectEntry] = field(default_factory=list)  # levels 1..9
     compacted_at: dict[int, int] = field(default_factory=dict)  # level -> boundary (ms) last compacted
     snapshot_at: int | None = None  # snapshot boundary (ms) last handled
     deleting: list[str] = field(default_factory=list)  # names scheduled for deletion (garbage)
     generation: int = 0
     writer: str = ""
     updated: int = 0
+    l0_start: int = 1  # bundles with max TXID below this are garbage
+    l0_head: HeadInfo | None = None  # the newest bundle's end when written
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # TXID ranges never archived (lineage restarts)
 
     def copy(self) -> "Manifest":
         return replace(self, objects=list(self.objects), compacted_at=dict(self.compacted_at),
-                       deleting=list(self.deleting))
+                       deleting=list(self.deleting), gaps=list(self.gaps))
 
     def level(self, level: int) -> list[ObjectEntry]:
         return sorted(o for o in self.objects if o.level == level)
@@ -230,6 +298,8 @@ class Manifest:
         return {o.name for o in self.objects}
 
     def add(self, entry: ObjectEntry) -> None:
+        if entry.level == 0:
+            raise ArchiveError(f"{entry.name}: level-0 bundles are not listed in the manifest")
         if entry.name not in self.names():
             self.objects.append(entry)
             self.objects.sort(key=lambda o: (o.level, o.min_txid, o.max_txid))
@@ -253,6 +323,8 @@ class Manifest:
         if extra:
             d.update(extra)
         d.update({
+            "l0": {"start": hex16(self.l0_start), "head": self.l0_head.to_json() if self.l0_head else None},
+            "gaps": [{"from": hex16(a), "to": hex16(b)} for a, b in self.gaps],
             "compactedAt": {"%04x" % k: format_time(v) for k, v in sorted(self.compacted_at.items())},
             "snapshotAt": format_time(self.snapshot_at) if self.snapshot_at is not None else None,
             "levels": levels,
@@ -261,7 +333,18 @@ class Manifest:
         return d
 
     def dumps(self, extra: dict | None = None) -> bytes:
-        return (json.dumps(self.to_json(extra), indent=1, sort_keys=False) + "\n").encode()
+        """Indented JSON, except that each object entry is one line (the manifest can be long)."""
+        d = self.to_json(extra)
+        levels = d.pop("levels")
+        deleting = d.pop("deleting")
+        text = json.dumps(d, indent=1)
+        parts = []
+        for level, items in levels.items():
+            rows = ",\n".join("   " + json.dumps(o, separators=(",", ":")) for o in items)
+            parts.append(f'  "{level}": [\n{rows}\n  ]')
+        body = ",\n".join(parts)
+        tail = (',\n "levels": {\n' + body + '\n },\n "deleting": ' + json.dumps(deleting) + "\n}")
+        return (text[:-2] + tail + "\n").encode()
 
     @classmethod
     def loads(cls, data: bytes, db: str | None = None) -> "Manifest":
@@ -273,6 +356,7 @@ class Manifest:
                 raise ValueError(f"unsupported manifest version {d.get('version')!r}")
             objects = [ObjectEntry.from_json(int(level, 16), o)
                        for level, items in d.get("levels", {}).items() for o in items]
+            l0 = d.get("l0") or {}
             m = cls(
                 db=str(d["db"]), objects=objects,
                 compacted_at={int(k, 16): parse_time(v) for k, v in d.get("compactedAt", {}).items()},
@@ -280,13 +364,15 @@ class Manifest:
                 deleting=[str(k) for k in d.get("deleting", [])],
                 generation=int(d.get("generation", 0)), writer=str(d.get("writer", "")),
                 updated=parse_time(d["updated"]) if d.get("updated") else 0,
+                l0_start=int(l0.get("start", "1"), 16), l0_head=HeadInfo.from_json(l0.get("head")),
+                gaps=[(int(g["from"], 16), int(g["to"], 16)) for g in d.get("gaps", [])],
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArchiveError(f"corrupt manifest{' for ' + db if db else ''}: {exc}") from None
         if db is not None and m.db != db:
             raise ArchiveError(f"manifest names database {m.db!r}, expected {db!r}")
         for o in m.objects:
-            if o.level > SNAPSHOT_LEVEL or o.min_txid < 1 or o.min_txid > o.max_txid:
+            if o.level > SNAPSHOT_LEVEL or o.level == 0 or o.min_txid < 1 or o.min_txid > o.max_txid:
                 raise ArchiveError(f"corrupt manifest for {m.db}: bad object {o.name}")
         m.objects.sort(key=lambda o: (o.level, o.min_txid, o.max_txid))
         return m

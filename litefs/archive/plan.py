@@ -1,26 +1,30 @@
-"""Restore planning and retention: pure functions over a database's archive objects.
+"""Restore planning, the restorable window and retention: pure functions over archive objects.
 
 The archive is a graph. A node is a database state (TXID, post-apply checksum); the empty
 database is (0, 0). An object is an edge from (min-1, pre-apply) to (max, post-apply); a
-snapshot (min TXID 1) starts from (0, 0). A restore plan is a path from (0, 0) to the target, so
-it is contiguous and checksum-chained by construction and starts with a snapshot. Objects are
+snapshot (min TXID 1) starts from (0, 0). A restore plan is a path from (0, 0), so it is
+contiguous and checksum-chained by construction and starts with a snapshot. Objects are
 processed in order of min TXID, which is a topological order (every edge goes forward), so one
 pass finds the cheapest path to every node: fewest objects, then fewest bytes.
 
-Restore points are the nodes: the end of some object. Times come from the objects' last-commit
-timestamps, made non-decreasing in TXID order ("effective" times), so "the state at time T" is
-the highest restore point whose effective time is <= T.
+Level-0 objects are bundles of the original per-transaction LTX files, so a plan may also end
+*inside* a bundle: the path to the bundle's start, then the bundle applied only up to a TXID
+(`stop_txid`) or up to the last commit at or before a time (`stop_time`). That is what makes
+every TXID and every moment covered by level 0 restorable exactly. A TXID covered only by a
+compacted object (its bundles gone) is not.
 
-Errors are RestoreError with a message naming what is missing; nothing here stops short
+Times come from the objects' commit times, made non-decreasing in TXID order ("effective"
+times), so "the state at time T" is the state after the last commit whose effective time is
+<= T. Errors are RestoreError with a message naming what is missing; nothing here stops short
 silently.
 """
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from litefs.archive.layout import MAX_COMPACTION_LEVEL, ObjectEntry, format_time
+from litefs.archive.layout import ObjectEntry, format_time
 from litefs.errors import RestoreError
 
 Node = tuple[int, int]  # (TXID, post-apply checksum)
@@ -42,11 +46,17 @@ def dest(o: ObjectEntry) -> Node:
     return (o.max_txid, o.post_apply)
 
 
-class Graph:
-    """Cheapest paths from the empty database to every reachable state."""
+def _add(a: Cost, b: Cost) -> Cost:
+    return tuple(x + y for x, y in zip(a, b)) if a else b
 
-    def __init__(self, objects: Iterable[ObjectEntry], weight: Weight = default_weight) -> None:
+
+class Graph:
+    """Cheapest paths from `start` (the empty database by default) to every reachable state."""
+
+    def __init__(self, objects: Iterable[ObjectEntry], weight: Weight = default_weight, start: Node = START) -> None:
         self.objects = sorted(set(objects), key=lambda o: (o.min_txid, o.max_txid, -o.level))
+        self.weight = weight
+        self.start = start
         self.ts: dict[Node, int] = {}
         for o in self.objects:
             d = dest(o)
@@ -57,14 +67,12 @@ class Graph:
         for n in self.nodes:
             running = self.ts[n] if running is None else max(running, self.ts[n])
             self.eff[n] = running
-        best: dict[Node, tuple[Cost, ObjectEntry | None]] = {START: ((), None)}
+        best: dict[Node, tuple[Cost, ObjectEntry | None]] = {start: ((), None)}
         for o in self.objects:
             s = source(o)
-            if s not in best:
+            if s not in best or (start != START and o.is_snapshot):
                 continue
-            w = weight(o)
-            base = best[s][0] or tuple(0 for _ in w)
-            cost = tuple(a + b for a, b in zip(base, w))
+            cost = _add(best[s][0], weight(o))
             d = dest(o)
             if d not in best or cost < best[d][0]:
                 best[d] = (cost, o)
@@ -79,7 +87,7 @@ class Graph:
 
     def path(self, node: Node) -> list[ObjectEntry]:
         out: list[ObjectEntry] = []
-        while node != START:
+        while node != self.start:
             o = self._best[node][1]
             assert o is not None
             out.append(o)
@@ -87,17 +95,20 @@ class Graph:
         out.reverse()
         return out
 
+    def time_of(self, node: Node) -> int:
+        return self.eff.get(node, 0)
+
 
 @dataclass(frozen=True)
 class Point:
-    """A restore point."""
+    """A database state: TXID, checksum and (effective) commit time."""
 
     txid: int
     checksum: int
     time: int  # effective commit time, ms
 
     def describe(self) -> str:
-        return f"TXID {self.txid:016x} ({self.txid}) at {format_time(self.time)}"
+        return f"TXID {self.txid:016x} ({self.txid}) committed at {format_time(self.time)}"
 
     def to_json(self) -> dict:
         return {"txid": "%016x" % self.txid, "txidDecimal": self.txid, "checksum": "%016x" % self.checksum,
@@ -106,7 +117,7 @@ class Point:
 
 @dataclass
 class Window:
-    """The restorable range: every time from start.time on restores (at the archive's granularity)."""
+    """The restorable range: every TXID and every time from start on restores exactly, except gaps."""
 
     start: Point
     end: Point
@@ -122,27 +133,50 @@ class Window:
 
 @dataclass
 class RestorePlan:
+    """Objects to apply in order. With stop_txid/stop_time the last object is a bundle applied only
+    in part; then `point` is None and the state restored is known once the bundle is read."""
+
     objects: list[ObjectEntry]
-    point: Point
+    point: Point | None
     target: str
     notes: list[str] = field(default_factory=list)
+    stop_txid: int | None = None
+    stop_time: int | None = None
+    base_time: int = 0  # effective commit time of the state the last object starts from
 
     @property
-    def txid(self) -> int:
-        return self.point.txid
+    def partial(self) -> bool:
+        return self.point is None
 
     @property
-    def checksum(self) -> int:
-        return self.point.checksum
+    def txid(self) -> int | None:
+        return self.point.txid if self.point else self.stop_txid
+
+    @property
+    def checksum(self) -> int | None:
+        return self.point.checksum if self.point else None
 
     @property
     def size(self) -> int:
         return sum(o.size for o in self.objects)
 
+    def describe(self) -> str:
+        if self.point is not None:
+            return self.point.describe()
+        last = self.objects[-1]
+        if self.stop_txid is not None:
+            return f"TXID {self.stop_txid:016x} ({self.stop_txid}), inside {last.name}"
+        assert self.stop_time is not None
+        return (f"the last commit at or before {format_time(self.stop_time)}, inside {last.name} "
+                f"(TXIDs {last.min_txid}..{last.max_txid})")
+
     def to_json(self) -> dict:
         return {
             "target": self.target,
-            "restores": self.point.to_json(),
+            "restores": self.point.to_json() if self.point else None,
+            "describe": self.describe(),
+            "stopTxid": self.stop_txid,
+            "stopTime": format_time(self.stop_time) if self.stop_time is not None else None,
             "objects": [{"level": o.level, "name": o.name, **o.to_json()} for o in self.objects],
             "objectCount": len(self.objects),
             "bytes": self.size,
@@ -162,7 +196,7 @@ def _pick(g: Graph, txid: int) -> Node | None:
     return max(cands, key=lambda n: (g.ts[n], tuple(-c for c in g.cost(n))))
 
 
-def _gap_at(objs: list[ObjectEntry], t: int) -> tuple[int, int | None] | None:
+def _gap_at(objs: Sequence[ObjectEntry], t: int) -> tuple[int, int | None] | None:
     """The missing TXID range starting at t, or None if some object covers t.
 
     A snapshot covers only its last TXID here: the TXIDs before it are inside it, but their
@@ -179,7 +213,40 @@ def _gap_at(objs: list[ObjectEntry], t: int) -> tuple[int, int | None] | None:
     return (t, min(ends) if ends else None)
 
 
-def _gap_text(gap: tuple[int, int | None]) -> str:
+class _Coverage:
+    """_gap_at for many t at once: merged TXID intervals of the non-snapshot objects, bisected."""
+
+    def __init__(self, objs: Sequence[ObjectEntry]) -> None:
+        spans = sorted((o.min_txid, o.max_txid) for o in objs if not o.is_snapshot)
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.starts = [a for a, _ in merged]
+        self.ends = [b for _, b in merged]
+        self.mins = sorted({o.min_txid for o in objs if not o.is_snapshot})
+        self.snaps = sorted({o.max_txid for o in objs if o.is_snapshot})
+
+    def gap_at(self, t: int) -> tuple[int, int | None] | None:
+        i = bisect.bisect_right(self.starts, t) - 1
+        if i >= 0 and self.ends[i] >= t:
+            return None
+        j = bisect.bisect_left(self.snaps, t)
+        if j < len(self.snaps) and self.snaps[j] == t:
+            return None
+        ends = []
+        k = bisect.bisect_right(self.mins, t)
+        if k < len(self.mins):
+            ends.append(self.mins[k] - 1)
+        j = bisect.bisect_right(self.snaps, t)
+        if j < len(self.snaps):
+            ends.append(self.snaps[j] - 1)
+        return (t, min(ends) if ends else None)
+
+
+def gap_text(gap: tuple[int, int | None]) -> str:
     a, b = gap
     if b is None:
         return f"TXIDs from {a:016x} ({a}) on are missing from the archive"
@@ -199,6 +266,13 @@ def _excluded_text(excluded: Mapping[str, str], relevant: Iterable[ObjectEntry])
     return f" [unusable objects: {shown}{more}]"
 
 
+def _compacted_only(o: ObjectEntry, g: Graph, r: Node | None) -> str:
+    near = f"{_point(g, r).describe()} and " if r is not None else ""
+    return (f"TXIDs {o.min_txid}..{o.max_txid} are kept only as one compacted object ({o.name}), without their "
+            f"level-0 bundles, so no state inside it can be restored exactly; the nearest restorable points are "
+            f"{near}TXID {o.max_txid:016x} ({o.max_txid})")
+
+
 def _diagnose(g: Graph, objs: list[ObjectEntry], all_objs: list[ObjectEntry], target_txid: int, what: str,
               excluded: Mapping[str, str]) -> RestoreError:
     below = [n for n in g.reachable_nodes if n[0] < target_txid]
@@ -216,7 +290,7 @@ def _diagnose(g: Graph, objs: list[ObjectEntry], all_objs: list[ObjectEntry], ta
             msg = (f"no archived object starts at TXID {nxt:016x} ({nxt}); the objects covering it "
                    f"({', '.join(o.name for o in covering[:3])}) start from states the archive no longer has")
         else:
-            msg = _gap_text(_gap_at(objs, nxt) or (nxt, None))
+            msg = gap_text(_gap_at(objs, nxt) or (nxt, None))
         msg += f" (the last reachable point is {_point(g, r).describe()})"
     else:
         matching = [o for o in starting if o.pre_apply == r[1]]
@@ -225,36 +299,88 @@ def _diagnose(g: Graph, objs: list[ObjectEntry], all_objs: list[ObjectEntry], ta
             msg = (f"checksum chain broken after TXID {r[0]:016x}: {o.name} expects pre-apply checksum "
                    f"{o.pre_apply:016x} but TXID {r[0]:016x} has post-apply checksum {r[1]:016x}")
         else:
-            o = max(matching, key=lambda o: o.max_txid)
-            inner = min((m for m in matching if m.max_txid >= target_txid), key=lambda m: m.max_txid, default=o)
-            msg = (f"TXID {target_txid:016x} ({target_txid}) is not a restore point: the archive keeps TXIDs "
-                   f"{inner.min_txid}..{inner.max_txid} only as one object ({inner.name}); nearest restore points: "
-                   f"{_point(g, r).describe()} and TXID {inner.max_txid:016x} ({inner.max_txid})")
+            inner = min((m for m in matching if m.max_txid >= target_txid), key=lambda m: m.max_txid,
+                        default=max(matching, key=lambda m: m.max_txid))
+            msg = _compacted_only(inner, g, r)
     return RestoreError(f"cannot restore {what}: {msg}" + _excluded_text(excluded, relevant))
 
 
-def window(objects: Iterable[ObjectEntry]) -> Window | None:
-    """The restorable window of a set of objects, or None if nothing is restorable."""
+def _start(g: Graph, floor_txid: int) -> Node:
+    above = [n for n in g.reachable_nodes if n[0] >= floor_txid]
+    pool = above or g.reachable_nodes
+    return min(pool, key=lambda n: (n[0], g.ts[n]))
+
+
+def _exact_at(g: Graph, objs: list[ObjectEntry], all_objs: list[ObjectEntry], node: Node, at: int, what: str,
+              excluded: Mapping[str, str]) -> RestoreError | None:
+    """Why `node` (the newest state whose time is <= at) might not be the state at `at`, or None
+    if it is: the next commit is known to come after `at`, or there is none."""
+    if not any(o.max_txid > node[0] for o in all_objs) or at <= g.ts[node]:
+        return None
+    eff0 = g.eff[node]
+    nxt = node[0] + 1
+    starting = [o for o in objs if not o.is_snapshot and o.min_txid == nxt]
+    if starting and all(max(eff0, o.first_ts) > at for o in starting):
+        return None
+    # The commits after `node` came at or before `at`, or at unknown times.
+    compacted = [o for o in starting if not o.is_bundle and o.pre_apply == node[1]]
+    if compacted:
+        return RestoreError(f"cannot restore {what}: " + _compacted_only(compacted[0], g, node)
+                            + _excluded_text(excluded, starting))
+    if starting:
+        return _diagnose(g, objs, all_objs, nxt + 1, what, excluded)
+    gap = _gap_at(objs, nxt)
+    if gap is None:
+        if any(o.is_snapshot and o.max_txid == nxt for o in objs):
+            return None  # a snapshot ends at nxt, committed after `at` (else it would be `node`)
+        # Only objects that began before `node` cover nxt: when it committed is not known here.
+        covering = [o for o in objs if not o.is_snapshot and o.min_txid <= nxt <= o.max_txid]
+        compacted = [o for o in covering if not o.is_bundle]
+        if compacted and not any(o.is_bundle for o in covering):
+            return RestoreError(f"cannot restore {what}: " + _compacted_only(compacted[0], g, node))
+        return RestoreError(f"cannot restore {what}: TXID {nxt:016x} ({nxt}) is archived only inside "
+                            f"{', '.join(o.name for o in covering[:3])}, which the archive cannot reach"
+                            + _excluded_text(excluded, covering))
+    return RestoreError(
+        f"cannot restore {what}: {gap_text(gap)}, so the state at that time is unknown; the nearest "
+        f"restorable point before it is {_point(g, node).describe()}"
+        + _excluded_text(excluded, [o for o in all_objs if o.min_txid <= gap[0] <= o.max_txid]))
+
+
+def window(objects: Iterable[ObjectEntry], floor_txid: int = 0,
+           known_gaps: Iterable[tuple[int, int]] = ()) -> Window | None:
+    """The restorable window of a set of objects, or None if nothing is restorable.
+
+    `floor_txid`: TXIDs below it have no level-0 bundles any more (the manifest's l0 start - 1),
+    so the window starts at the first reachable state at or above it. `known_gaps` are gaps the
+    worker recorded; they replace computed gaps they overlap (the computed ones only see the
+    objects given).
+    """
     objs = list(objects)
     g = Graph(objs)
     if not g.reachable_nodes:
         return None
-    start = min(g.reachable_nodes, key=lambda n: (n[0], g.ts[n]))
+    start = _start(g, floor_txid)
     end = max(g.reachable_nodes, key=lambda n: (n[0], g.ts[n]))
+    known = sorted((a, b) for a, b in known_gaps if b >= start[0] and a <= end[0])
     gaps = []
-    reach = sorted({n[0] for n in g.reachable_nodes})
+    cover = _Coverage(objs)
+    reach = sorted({n[0] for n in g.reachable_nodes if n[0] >= start[0]})
     for a, b in zip(reach, reach[1:]):
-        gap = _gap_at(objs, a + 1)
+        gap = cover.gap_at(a + 1)
         if gap is not None and gap[0] <= b:
-            gaps.append((gap[0], gap[1] if gap[1] is not None else b - 1))
-    return Window(_point(g, start), _point(g, end), gaps)
+            gap = (gap[0], gap[1] if gap[1] is not None else b - 1)
+            if not any(ka <= gap[1] and gap[0] <= kb for ka, kb in known):
+                gaps.append(gap)
+    return Window(_point(g, start), _point(g, end), sorted(gaps + known))
 
 
 def plan_restore(objects: Iterable[ObjectEntry], *, txid: int | None = None, at: int | None = None,
-                 excluded: Mapping[str, str] | None = None) -> RestorePlan:
+                 excluded: Mapping[str, str] | None = None, floor_txid: int = 0) -> RestorePlan:
     """The plan that restores TXID `txid`, the state at time `at` (ms), or the latest state.
 
     `excluded` maps object names known to be missing or corrupt to the reason; they are not used.
+    `floor_txid` is where the window starts (see window()): targets before it are refused.
     """
     if txid is not None and at is not None:
         raise RestoreError("give either a TXID or a time, not both")
@@ -272,117 +398,115 @@ def plan_restore(objects: Iterable[ObjectEntry], *, txid: int | None = None, at:
         raise RestoreError(f"cannot restore {what}: the archive holds no objects for this database")
     if not g.reachable_nodes:
         raise _diagnose(g, objs, all_objs, max(o.max_txid for o in all_objs) + 1, what, excluded)
-    first = min(g.reachable_nodes, key=lambda n: (n[0], g.ts[n]))
-    last_any = max(g.nodes)
+    first = _start(g, floor_txid)
+    # The newest state of any object, usable or not: excluding a broken object must never turn an
+    # earlier state into "the latest".
+    last_any = max((dest(o) for o in all_objs), key=lambda n: n[0])
     notes: list[str] = []
+
+    def before_window() -> RestoreError:
+        return RestoreError(f"cannot restore {what}: it is before the restorable window, which starts at "
+                            f"{_point(g, first).describe()}")
 
     if txid is not None:
         if txid < first[0]:
-            raise RestoreError(f"cannot restore {what}: it is before the restorable window, which starts at "
-                               f"{_point(g, first).describe()}")
-        node = _pick(g, txid)
-        if node is None:
+            raise before_window()
+        cands: list[tuple] = []
+        for n in g.reachable_nodes:
+            if n[0] == txid:
+                cands.append((g.cost(n), 0, -g.ts[n], n, None))
+        for o in objs:
+            if o.is_bundle and o.min_txid <= txid < o.max_txid and g.reachable(source(o)):
+                cands.append((_add(g.cost(source(o)), g.weight(o)), 1, 0, source(o), o))
+        if not cands:
             if txid > last_any[0]:
                 raise RestoreError(f"cannot restore {what}: the archive's last TXID is "
                                    f"{last_any[0]:016x} ({last_any[0]})")
             raise _diagnose(g, objs, all_objs, txid, what, excluded)
+        _, _, _, node, bundle = min(cands, key=lambda c: c[:3])
         target = f"TXID {txid:016x}"
-    elif at is not None:
+        if bundle is None:
+            return RestorePlan(g.path(node), _point(g, node), target, notes)
+        return RestorePlan(g.path(node) + [bundle], None, target, notes, stop_txid=txid,
+                           base_time=g.time_of(node))
+
+    if at is not None:
         if at < g.eff[first]:
-            raise RestoreError(f"cannot restore {what}: it is before the restorable window, which starts at "
-                               f"{_point(g, first).describe()}")
-        cands = [n for n in g.nodes if g.eff[n] <= at]
-        x = max(cands, key=lambda n: (n[0], g.reachable(n), g.ts[n]))
-        node = _pick(g, x[0])
-        if node is None:
-            raise _diagnose(g, objs, all_objs, x[0], what, excluded)
-        if any(n[0] > node[0] for n in g.nodes) and at > g.ts[node]:
-            # Commits in a gap after `node` came after it, at unknown times: only the exact time of
-            # `node` itself is still certain.
-            gap = _gap_at(objs, node[0] + 1)
-            if gap is not None:
-                raise RestoreError(
-                    f"cannot restore {what}: {_gap_text(gap)}, so the state at that time is unknown; the nearest "
-                    f"restorable point before it is {_point(g, node).describe()}"
-                    + _excluded_text(excluded, [o for o in all_objs if o.min_txid <= gap[0] <= o.max_txid]))
-        elif at > g.ts[node]:
-            notes.append(f"{format_time(at)} is after the last archived commit; restored the latest archived "
-                         f"state ({_point(g, node).describe()})")
+            raise before_window()
         target = f"time {format_time(at)}"
-    else:
-        node = _pick(g, last_any[0])
+        cands_n = [n for n in g.nodes if g.eff[n] <= at]
+        x = max(cands_n, key=lambda n: (n[0], g.reachable(n), g.ts[n]))
+        node = _pick(g, x[0])
+        options: list[tuple] = []
+        err: RestoreError | None = None
         if node is None:
-            raise _diagnose(g, objs, all_objs, last_any[0], what, excluded)
-        target = "latest"
-    return RestorePlan(g.path(node), _point(g, node), target, notes)
+            err = _diagnose(g, objs, all_objs, x[0], what, excluded)
+        else:
+            err = _exact_at(g, objs, all_objs, node, at, what, excluded)
+            if err is None:
+                options.append((g.cost(node), 0, node, None))
+        # A bundle whose start is at or before `at` and whose end is after it holds the answer.
+        for o in objs:
+            if o.is_bundle and g.reachable(source(o)) and g.eff.get(source(o), 0) <= at < g.eff[dest(o)]:
+                options.append((_add(g.cost(source(o)), g.weight(o)), 1, source(o), o))
+        if not options:
+            assert err is not None
+            raise err
+        _, _, base, bundle = min(options, key=lambda c: c[:2])
+        if bundle is not None:
+            return RestorePlan(g.path(base) + [bundle], None, target, notes, stop_time=at, base_time=g.eff[base])
+        if not any(o.max_txid > base[0] for o in all_objs) and at > g.ts[base]:
+            notes.append(f"{format_time(at)} is after the last archived commit; restored the latest archived "
+                         f"commit, {_point(g, base).describe()}")
+        return RestorePlan(g.path(base), _point(g, base), target, notes)
+
+    node = _pick(g, last_any[0])
+    if node is None:
+        raise _diagnose(g, objs, all_objs, last_any[0], what, excluded)
+    return RestorePlan(g.path(node), _point(g, node), "latest", notes)
+
+
+def chain_path(objects: Iterable[ObjectEntry], start: Node, end: Node) -> list[ObjectEntry] | None:
+    """The fewest non-snapshot objects leading from state `start` to state `end` (None: no path)."""
+    g = Graph([o for o in objects if not o.is_snapshot and o.min_txid > start[0] and o.max_txid <= end[0]],
+              start=start)
+    return g.path(end) if g.reachable(end) else None
 
 
 # ---------------------------------------------------------------------------------------------
 # Retention
 
 
-def _covered_by_higher(objects: list[ObjectEntry]) -> Callable[[ObjectEntry], bool]:
-    by_level: dict[int, tuple[list[int], list[ObjectEntry]]] = {}
-    for lvl in range(1, MAX_COMPACTION_LEVEL + 1):
-        items = sorted((o for o in objects if o.level == lvl and not o.is_snapshot), key=lambda o: o.min_txid)
-        by_level[lvl] = ([o.min_txid for o in items], items)
+def select_retention(objects: Iterable[ObjectEntry], *, now: int, window_ms: int
+                     ) -> tuple[list[ObjectEntry], Node | None]:
+    """What retention removes from the compacted levels and snapshots, and the window's floor.
 
-    def covered(o: ObjectEntry) -> bool:
-        for lvl in range(o.level + 1, MAX_COMPACTION_LEVEL + 1):
-            mins, items = by_level[lvl]
-            i = bisect.bisect_right(mins, o.min_txid) - 1
-            while i >= 0:
-                p = items[i]
-                if p.max_txid >= o.max_txid:
-                    return True
-                if p.max_txid < o.min_txid:
-                    break
-                i -= 1
-        return False
-
-    return covered
-
-
-def select_deletions(objects: Iterable[ObjectEntry], *, now: int, window_ms: int,
-                     keep_ms: Mapping[int, int], top_level: int) -> list[ObjectEntry]:
-    """Objects that no restore inside the window needs any more.
-
-    The window's obligation: every time T >= now - window restores, to the highest restore
-    point at or before T that the retained levels still provide. Required points are the
-    "floor" (the state at now - window) and the end of every object that is kept because it is
-    inside the window and not yet thinned out. An object below the top compaction level is thinned
-    out once it is inside a higher-level object and older than keep_ms[level] (so an L0 object
-    goes only after it is inside L1). Every object on the cheapest path to a required point -
-    preferring objects that are kept anyway - stays; only the rest is returned.
+    The floor is the newest compacted state (or snapshot) whose commit time is at or before
+    now - window. Every TXID t from the floor on stays reachable as: the cheapest path of
+    snapshot + compacted objects to the newest compacted state b <= t, then the level-0 bundles
+    from b+1 to t. So retention keeps every object on the cheapest path to every compacted state
+    at or above the floor, and every bundle above it (the caller deletes bundles that end at or
+    below floor TXID). Objects that end at or below the floor and lie on no such path go, as do
+    reachable ones that straddle it unused; anything above it that cannot be placed stays.
+    (Compactions are made of whole bundles, so no bundle straddles a compacted state, and the
+    bundles above the floor start from states kept here.)
     """
-    objs = sorted(set(objects))
+    objs = sorted(o for o in set(objects) if not o.is_bundle)
     if not objs:
-        return []
+        return [], None
     cutoff = now - window_ms
     g = Graph(objs)
     floor = max((n for n in g.reachable_nodes if g.eff[n] <= cutoff), key=lambda n: (n[0], g.ts[n]), default=None)
-    covered = _covered_by_higher(objs)
+    if floor is None:
+        return [], None
+    keep: set[ObjectEntry] = set()
+    for n in g.reachable_nodes:
+        if n[0] >= floor[0]:
+            keep.update(g.path(n))
+    doomed = [o for o in objs if o not in keep and
+              (o.max_txid <= floor[0] or (g.reachable(dest(o)) and o.min_txid <= floor[0]))]
+    return doomed, floor
 
-    def thinned(o: ObjectEntry) -> bool:
-        return (not o.is_snapshot and o.level < top_level and o.level in keep_ms
-                and o.last_ts < now - keep_ms[o.level] and covered(o))
 
-    keep = {o for o in objs if g.eff.get(dest(o), o.last_ts) > cutoff and not thinned(o)}
-    gw = Graph(objs, weight=lambda o: (0 if o in keep else 1, 1, o.size))
-    required = {floor} if floor is not None else set()
-    required |= {dest(o) for o in keep if g.reachable(dest(o))}
-    used: set[ObjectEntry] = set()
-    for n in required:
-        used.update(gw.path(n))
-    floor_txid = floor[0] if floor is not None else 0
-
-    def deletable(o: ObjectEntry) -> bool:
-        if o in keep or o in used:
-            return False
-        if o.max_txid <= floor_txid or thinned(o):
-            return True  # history before the window, or thinned out
-        # Straddling the floor: only states before the window need it. L0 waits for L1 regardless,
-        # and whatever cannot be placed (unreachable, no floor) is left for a human to look at.
-        return o.level > 0 and floor is not None and o.min_txid <= floor_txid
-
-    return [o for o in objs if deletable(o)]
+__all__ = ["Graph", "Node", "Point", "RestorePlan", "START", "Window", "chain_path", "dest", "gap_text",
+           "plan_restore", "select_retention", "source", "window"]

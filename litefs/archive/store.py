@@ -81,7 +81,9 @@ class ObjectStore(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Keys starting with prefix, in key order; with start_after, only keys sorting after it."""
+        ...
 
     def list_dirs(self, prefix: str = "") -> list[str]: ...
 
@@ -283,8 +285,9 @@ class FileStore:
         except OSError as exc:
             raise self._unavailable("get", key, exc) from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        after = start_after.encode() if start_after else None
         start = self.root.joinpath(*base.split("/")) if base else self.root
         keys: list[tuple[str, Path]] = []
         try:
@@ -301,6 +304,8 @@ class FileStore:
         except OSError as exc:
             raise self._unavailable("list", prefix, exc) from None
         keys.sort(key=lambda kp: kp[0].encode())
+        if after is not None:
+            keys = [kp for kp in keys if kp[0].encode() > after]
         for key, path in keys:
             try:
                 yield self._info(key, path)
@@ -554,12 +559,14 @@ class S3Store:
             raise StoreUnavailable(f"s3 get {key}: short read ({os.path.getsize(path)} of {size} bytes)")
         return info
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         token = None
         while True:
             kw = {"Bucket": self.bucket, "Prefix": prefix}
             if token:
                 kw["ContinuationToken"] = token
+            elif start_after:
+                kw["StartAfter"] = start_after
             r = self._call("list", prefix, self.client.list_objects_v2, **kw)
             for o in r.get("Contents", []):
                 yield ObjectInfo(o["Key"], int(o.get("Size", 0)), o.get("ETag", "").strip('"'), None,

@@ -3,26 +3,35 @@
 One pass (`run_once`) does, for every database under `<data_dir>/dbs/*/ltx/`:
 
 1. Load the database's manifest from the store the first time (and after a conflict), and
-   reconcile it with a listing: objects a crashed worker wrote but never recorded are adopted
-   if they chain onto the archive; records of objects that are gone are dropped.
-2. Upload: the local LTX files after the archive's head that continue its checksum chain are
-   compacted into one L0 object (at most `max_files_per_object` files each). A chain that
-   starts at TXID 1 becomes a snapshot (level 9), so levels 0..8 never hold full images.
-   If the local files cannot continue the chain (deleted before they were archived, or a
-   snapshot replaced the database), a new lineage starts from a local snapshot file or from
-   `snapshot_source(db)`; failing that the database is reported broken - never is a gap uploaded.
-3. Compact each level k on its wall-clock boundary (floor(now / interval)): the level k-1
-   objects after level k's high-water mark, in checksum-chained runs, become one object each.
-4. Snapshot on the snapshot-interval boundary: the restore plan to the head, merged.
-5. Retention (plan.select_deletions): only what no restore inside the window needs.
-6. Write the manifest (conditionally on its ETag), then delete what it no longer names.
+   reconcile it with a listing of levels 1..9: objects a crashed worker wrote but never
+   recorded are adopted if they chain onto the archive; records of objects that are gone are
+   dropped. Then list level 0 after the compacted levels' head (StartAfter) to find the bundles
+   uploaded since - the manifest does not list bundles.
+2. Upload: the local LTX files after the archive's head that continue its checksum chain go up
+   as one level-0 bundle (the files as they are, back to back; at most `max_files_per_object`
+   each). A chain that starts at TXID 1 becomes a snapshot (level 9). If the local files cannot
+   continue the chain (deleted before they were archived, or a snapshot replaced the database),
+   a new lineage starts from a local snapshot file or from `snapshot_source(db)`, and the gap is
+   recorded; failing that the database is reported broken - never is a gap uploaded.
+3. Snapshot on the snapshot-interval boundary: the cheapest path to the head, merged.
+4. Compact on each level's wall-clock boundary, highest level first. Levels are cumulative:
+   a level-k object covers everything from the end of the newest object of a higher level (or
+   snapshot) to the head, built from the cheapest path there (typically the previous level-k
+   object of the same period, the newest level k-1 object and the bundles after it). So a
+   restore needs one object per level, plus the bundles after the newest compaction.
+5. Retention (plan.select_retention): every TXID of the window stays reachable as snapshot +
+   compacted objects up to some b <= t + the bundles from b+1 to t; bundles are kept for the
+   whole window, compactions only where some path needs them.
+6. If anything indexed changed: check that level 0 holds nothing this worker does not know of
+   (a second writer), write the manifest (conditionally on its ETag), then delete what it no
+   longer names (objects in `deleting`, bundles below `l0.start`).
 
-Every object is written with If-None-Match, so a second writer cannot overwrite one, and
-before every write the new object must chain onto a state the archive can reach. The worker's
-state is the store's: a restarted worker continues where the manifest and the listing say.
-Store failures (StoreUnavailable) back off exponentially; the local files stay on disk (the
-node's local retention must keep every file above `hwm(db)`), and the backlog drains, in
-bounded batches, when the store returns.
+The manifest is written only when the compacted levels, snapshots, retention or lineage change
+(at most once per pass, about twice a minute with the defaults), not per upload: readers find
+new bundles by listing. Every object is written with If-None-Match. A restarted worker continues
+where the manifest and the listings say. Store failures (StoreUnavailable) back off
+exponentially; the local files stay on disk (the node's local retention must keep every file
+above `hwm(db)`), and the backlog drains, in bounded bundles, when the store returns.
 """
 from __future__ import annotations
 
@@ -41,8 +50,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from litefs.archive.layout import SNAPSHOT_LEVEL, Layout, Manifest, ObjectEntry, is_object_name
-from litefs.archive.plan import Graph, plan_restore, select_deletions, source, window
+from litefs.archive import bundle as bundles_mod
+from litefs.archive.layout import SNAPSHOT_LEVEL, HeadInfo, Layout, Manifest, ObjectEntry, is_object_name
+from litefs.archive.plan import START, Graph, Node, chain_path, dest, select_retention, source, window
+from litefs.archive.restore import list_bundle_keys, list_bundles
 from litefs.archive.store import ObjectNotFound, ObjectStore, PreconditionFailed, StoreUnavailable
 from litefs.errors import ArchiveError, LitefsError, LTXError
 from litefs.ltx.compactor import compact, read_ends
@@ -51,9 +62,6 @@ from litefs.ltx.format import Header, Trailer, parse_filename
 
 log = logging.getLogger(__name__)
 
-# Below the top compaction level, an object is thinned out once it is inside a higher level and
-# older than KEEP_FACTOR x the next level's interval (L0: 10 x 30 s = 5 min by default).
-KEEP_FACTOR = 10
 MAX_FILES_PER_OBJECT = 512
 
 
@@ -99,6 +107,9 @@ class ArchiveMetrics:
                                   "1 while the local files cannot continue the archive", ["db"], registry=r)
         self.store_up = Gauge("litefs_archive_store_up", "1 if the last store operation succeeded", ["db"],
                               registry=r)
+        self.restore_objects = Gauge("litefs_archive_restore_objects",
+                                     "Objects a restore of the archive's head needs (snapshot, compactions, "
+                                     "bundles)", ["db"], registry=r)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> "ArchiveMetrics":
@@ -127,12 +138,25 @@ class _DB:
     manifest: Manifest | None = None
     etag: str | None = None
     dirty: bool = False
+    head: Node = START  # the archive's newest state (compacted levels + bundles)
+    head_time: int = 0
+    visible: Node = START  # the newest state a reader can reach (written manifest + listed bundles)
     hwm: int = 0
+    bundles: dict[str, ObjectEntry] = field(default_factory=dict)  # level 0 after the compacted head
     persisted_deleting: set[str] = field(default_factory=set)
+    persisted_l0_start: int = 1  # the l0 start of the last manifest written
+    l0_swept: int = 0  # bundles ending below this are known to be deleted
+    retention_due: bool = True
+    l0_verified: bool = False  # level 0 re-listed since the load, before this worker's first upload
+    l0_ignored: set[str] = field(default_factory=set)  # bundles seen at load that do not continue the chain
+    uncertain: list[ObjectEntry] = field(default_factory=list)  # bundle PUTs whose outcome is unknown
     ends: dict[str, tuple[Header, Trailer]] = field(default_factory=dict)
     last_error: str | None = None
     last_upload: float | None = None
     local: list[_Local] = field(default_factory=list)
+    compacted_path: int = 0  # objects from the empty database to the newest compacted state
+    graph: Graph | None = None  # of the manifest's objects; None when they changed
+    graph_of: tuple = ()
 
 
 @dataclass
@@ -161,9 +185,11 @@ class ArchiveWorker:
                  clock: Callable[[], float] = time.time, metrics: ArchiveMetrics | None = None, *,
                  registry: CollectorRegistry | None = None,
                  snapshot_source: Callable[[str], str | os.PathLike | None] | None = None,
-                 prefix: str | None = None, keep_factor: float = KEEP_FACTOR,
+                 prefix: str | None = None, keep_factor: float | None = None,
                  max_files_per_object: int = MAX_FILES_PER_OBJECT, backoff_max: float = 300.0,
                  writer_id: str | None = None) -> None:
+        # keep_factor is accepted for compatibility and ignored: level 0 is now kept for the
+        # whole retention window, and compactions wherever a restore path needs them.
         self.config = config
         self.store = store
         self.data_dir = Path(data_dir)
@@ -173,7 +199,6 @@ class ArchiveWorker:
         self.snapshot_source = snapshot_source
         self.intervals = [float(lvl.interval) for lvl in config.levels]  # L1..Ln
         self.top_level = len(self.intervals)
-        self.keep_ms = {k: int(keep_factor * self.intervals[k] * 1000) for k in range(self.top_level)}
         self.max_files = max(1, max_files_per_object)
         self.backoff_max = backoff_max
         self.writer_id = writer_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -331,16 +356,42 @@ class ArchiveWorker:
         assert m is not None
         self._delete_persisted(st, report)
         self._upload(st, now, report)
-        for k in range(1, self.top_level + 1):
-            self._maybe_compact(st, k, now, report)
+        checked = False
+        if self._compaction_due(st, now):
+            # Compactions are written from this worker's view of level 0: make sure it is complete
+            # (no second writer) first. One LIST per compaction pass, which also covers the
+            # manifest write below.
+            self._check_l0(st, self._compacted_head(st)[0][0] + 1)
+            checked = True
         self._maybe_snapshot(st, now, report)
-        self._retention(st, now)
+        for k in range(self.top_level, 0, -1):
+            self._maybe_compact(st, k, now, report)
+        if st.retention_due:
+            self._retention(st, now)
         if st.dirty:
-            self._write_manifest(st, now)
+            self._write_manifest(st, now, checked=checked)
         self._delete_persisted(st, report)
         self._sweep_cache(st)
 
-    # manifest -----------------------------------------------------------------------------------
+    # manifest and listings ------------------------------------------------------------------------
+
+    def _graph(self, st: _DB) -> Graph:
+        """The graph of the manifest's objects, rebuilt only when they change (it is the costly part
+        of a pass once the window holds tens of thousands of compactions)."""
+        m = st.manifest
+        assert m is not None
+        key = (id(m), hash(tuple(m.objects)))
+        if st.graph is None or st.graph_of != key:
+            st.graph, st.graph_of = Graph(m.objects), key
+        return st.graph
+
+    def _compacted_head(self, st: _DB) -> tuple[Node, int]:
+        """The newest state the compacted levels and snapshots reach, and its time."""
+        g = self._graph(st)
+        if not g.reachable_nodes:
+            return START, 0
+        n = max(g.reachable_nodes, key=lambda n: (n[0], g.ts[n]))
+        return n, g.eff[n]
 
     def _load(self, st: _DB) -> None:
         key = self.layout.manifest_key(st.name)
@@ -356,13 +407,12 @@ class ArchiveWorker:
         except ArchiveError as exc:
             log.error("archive %s: %s; rebuilding it from the listing", st.name, exc)
             m = Manifest(st.name)
-        stored_head = self._head(m)[0] if etag else 0
         dirty = False
         prefix = self.layout.db_prefix(st.name)
         listed = {}
-        for info in self.store.list(prefix):
+        for info in self.store.list(prefix, start_after=self.layout.above_l0(st.name)):
             name = info.key[len(prefix):]
-            if is_object_name(name):
+            if is_object_name(name) and not name.startswith("0000/"):
                 listed[name] = info
         missing = [o for o in m.objects if o.name not in listed]
         if missing:
@@ -380,41 +430,96 @@ class ArchiveWorker:
                 orphans.append(ObjectEntry.from_metadata(name, info.size, info.metadata or {}))
             except ArchiveError as exc:
                 log.info("archive %s: ignoring %s (%s)", st.name, name, exc)
-        for entry in sorted(orphans, key=lambda o: (o.min_txid, -o.max_txid, o.level)):
-            level_max = max((o.max_txid for o in m.objects if o.level == entry.level), default=0)
-            g = Graph(m.objects)
-            chains = entry.is_snapshot or g.reachable(source(entry))
-            if entry.max_txid > level_max and chains:
+        # Objects are adopted in TXID order if they start from a state the archive reaches (with
+        # cumulative levels, one level holds several objects from the same start).
+        reachable = set(Graph(m.objects).reachable_nodes) | {START}
+        for entry in sorted(orphans, key=lambda o: (o.min_txid, o.max_txid, -o.level)):
+            if source(entry) in reachable:
+                reachable.add(dest(entry))
                 log.info("archive %s: adopting %s, written by an earlier run but not yet in the manifest",
                          st.name, entry.name)
                 m.add(entry)
                 dirty = True
             else:
-                log.info("archive %s: ignoring %s: not in the manifest and does not extend it", st.name,
-                         entry.name)
+                log.info("archive %s: ignoring %s: not in the manifest and does not start from a state "
+                         "the archive reaches", st.name, entry.name)
         st.persisted_deleting = {n for n in m.deleting if n in listed}
         m.deleting = sorted(st.persisted_deleting)
         st.manifest, st.etag, st.dirty = m, etag, dirty
-        st.hwm = stored_head
+        st.graph = None
+        st.persisted_l0_start = m.l0_start if etag else 1
+        st.l0_swept = 0
+        st.retention_due = True
+        st.l0_verified = False
+        # The bundles uploaded since the compacted head, followed along the checksum chain.
+        chead, ctime = self._compacted_head(st)
+        st.bundles = {}
+        st.l0_ignored = set()
+        st.uncertain = []
+        st.head, st.head_time = chead, ctime
+        self._adopt_bundles(st, list_bundles(self.store, self.layout, st.name, chead[0] + 1))
+        st.visible = st.head if etag else START
+        st.hwm = st.visible[0]
 
-    def _head(self, m: Manifest) -> tuple[int, int, int]:
-        """(TXID, checksum, time) of the archive's latest reachable state; (0, 0, 0) when empty."""
-        g = Graph(m.objects)
-        if not g.reachable_nodes:
-            return (0, 0, 0)
-        n = max(g.reachable_nodes, key=lambda n: (n[0], g.ts[n]))
-        return (n[0], n[1], g.eff[n])
+    def _adopt_bundles(self, st: _DB, found: list[ObjectEntry]) -> None:
+        """Extend the head along listed bundles that continue its chain."""
+        by_min: dict[int, list[ObjectEntry]] = defaultdict(list)
+        for e in found:
+            by_min[e.min_txid].append(e)
+        while True:
+            nxt = [e for e in by_min.get(st.head[0] + 1, []) if e.pre_apply == st.head[1]]
+            if not nxt:
+                break
+            if len(nxt) > 1:
+                log.warning("archive %s: %d bundles continue TXID %016x (%s): two writers? following the longest",
+                            st.name, len(nxt), st.head[0], ", ".join(e.name for e in nxt))
+            e = max(nxt, key=lambda e: (e.max_txid, e.size))
+            st.bundles[e.name] = e
+            st.head, st.head_time = dest(e), max(st.head_time, e.last_ts)
+        st.l0_ignored |= {e.name for e in found if e.name not in st.bundles}
+        ignored = [e.name for e in found if e.name not in st.bundles and e.max_txid > st.head[0]]
+        if ignored:
+            log.info("archive %s: ignoring level-0 bundles that do not continue the archive: %s", st.name,
+                     ", ".join(ignored[:5]))
 
-    def _write_manifest(self, st: _DB, now: float) -> None:
+    def _check_l0(self, st: _DB, start: int) -> None:
+        """Level 0 from `start` on must hold only bundles this worker knows: else another writer is active."""
+        known = set(st.bundles) | st.l0_ignored
+        for _, name, _ in list_bundle_keys(self.store, self.layout, st.name, start):
+            if name not in known:
+                st.manifest = None
+                raise ArchiveConflict(f"level 0 holds {name}, which this worker did not write (another writer?); "
+                                      "reloading the archive's state")
+
+    def _compaction_due(self, st: _DB, now: float) -> bool:
+        """Whether this pass will write a snapshot or a compaction (a boundary passed, and there is
+        something after the newest higher-level object)."""
         m = st.manifest
         assert m is not None
+        head = st.head[0]
+        top = [0] * (SNAPSHOT_LEVEL + 2)  # top[k]: the highest max TXID at level >= k
+        for o in m.objects:
+            top[o.level] = max(top[o.level], o.max_txid)
+        for k in range(SNAPSHOT_LEVEL - 1, -1, -1):
+            top[k] = max(top[k], top[k + 1])
+        if m.snapshot_at is not None and m.snapshot_at < _boundary_ms(now, float(self.config.snapshot_interval)) \
+                and head > top[SNAPSHOT_LEVEL]:
+            return True
+        return any(m.compacted_at.get(k) is not None and m.compacted_at[k] < _boundary_ms(now, self.intervals[k - 1])
+                   and head > top[k + 1] for k in range(1, self.top_level + 1))
+
+    def _write_manifest(self, st: _DB, now: float, checked: bool = False) -> None:
+        m = st.manifest
+        assert m is not None
+        if not checked:
+            self._check_l0(st, self._compacted_head(st)[0][0] + 1)
         m.generation += 1
         m.writer = self.writer_id
         m.updated = int(now * 1000)
-        head = self._head(m)
-        w = window(m.objects)
+        m.l0_head = HeadInfo(st.head[0], st.head[1], st.head_time) if st.head[0] else None
+        w = window(list(m.objects) + list(st.bundles.values()), floor_txid=m.l0_start - 1, known_gaps=m.gaps)
         extra = {
-            "head": {"txid": "%016x" % head[0], "postApply": "%016x" % head[1]} if head[0] else None,
+            "head": HeadInfo(st.head[0], st.head[1], st.head_time).to_json() if st.head[0] else None,
             "window": w.to_json() if w else None,
         }
         key = self.layout.manifest_key(st.name)
@@ -443,37 +548,63 @@ class ArchiveWorker:
         st.etag = info.etag
         st.dirty = False
         st.persisted_deleting = set(m.deleting)
-        st.hwm = head[0]
+        st.persisted_l0_start = m.l0_start
+        st.visible = st.head
+        st.hwm = st.head[0]
         self.metrics.puts.labels(st.name, "manifest").inc()
 
     def _delete_persisted(self, st: _DB, report: PassReport) -> None:
         m = st.manifest
-        if m is None or not st.persisted_deleting:
+        if m is None:
             return
-        names = sorted(st.persisted_deleting)
         prefix = self.layout.db_prefix(st.name)
-        self.store.delete(prefix + n for n in names)
-        self.metrics.deletes.labels(st.name).inc(len(names))
-        report.deleted.extend(prefix + n for n in names)
-        for n in names:
-            self._drop_cache(st.name, n)
-        m.deleting = [n for n in m.deleting if n not in st.persisted_deleting]
-        st.persisted_deleting = set()
+        if st.persisted_deleting:
+            names = sorted(st.persisted_deleting)
+            self.store.delete(prefix + n for n in names)
+            self.metrics.deletes.labels(st.name).inc(len(names))
+            report.deleted.extend(prefix + n for n in names)
+            for n in names:
+                self._drop_cache(st.name, n)
+            m.deleting = [n for n in m.deleting if n not in st.persisted_deleting]
+            st.persisted_deleting = set()
+        if st.persisted_l0_start > max(st.l0_swept, 1):
+            # Bundles below the window: everything in level 0 that ends before the written l0 start.
+            keys = [(k, n) for k, n, _ in list_bundle_keys(self.store, self.layout, st.name, st.l0_swept,
+                                                            st.persisted_l0_start - 1)]
+            doomed = []
+            for k, n in keys:
+                hi = int(n[22:38], 16)
+                if hi < st.persisted_l0_start:
+                    doomed.append(k)
+            if doomed:
+                self.store.delete(doomed)
+                self.metrics.deletes.labels(st.name).inc(len(doomed))
+                report.deleted.extend(doomed)
+            st.l0_swept = st.persisted_l0_start
+            for name in [n for n, e in st.bundles.items() if e.max_txid < st.persisted_l0_start]:
+                del st.bundles[name]
 
     # writing objects ------------------------------------------------------------------------
 
-    def _put(self, st: _DB, entry: ObjectEntry, path: Path, report: PassReport, kind: str) -> None:
+    def _put(self, st: _DB, entry: ObjectEntry, path: Path, report: PassReport, kind: str) -> ObjectEntry:
         """Write one object after checking it chains onto the archive; adopt an identical one."""
         m = st.manifest
         assert m is not None
-        if not entry.is_snapshot:
-            g = Graph(m.objects)
-            if not g.reachable(source(entry)):
+        if entry.is_bundle:
+            if source(entry) != st.head:
+                raise ArchiveError(f"refusing to write {entry.name}: it does not continue the archive's head "
+                                   f"(TXID {st.head[0]:016x}, checksum {st.head[1]:016x})")
+        elif not entry.is_snapshot:
+            if not self._graph(st).reachable(source(entry)):
                 raise ArchiveError(f"refusing to write {entry.name}: TXID {entry.min_txid - 1:016x} with checksum "
                                    f"{entry.pre_apply:016x} is not a state the archive can reach")
         key = self.layout.object_key(st.name, entry)
         try:
             self.store.put(key, path, entry.metadata(), if_none_match=True)
+        except StoreUnavailable:
+            if entry.is_bundle:
+                st.uncertain.append(entry)  # it may have been written: look before uploading again
+            raise
         except PreconditionFailed:
             info = self.store.head(key)
             try:
@@ -487,8 +618,16 @@ class ArchiveWorker:
         else:
             self.metrics.puts.labels(st.name, kind).inc()
             report.put.append(key)
-        m.add(entry)
-        st.dirty = True
+        if entry.is_bundle:
+            st.bundles[entry.name] = entry
+            st.head, st.head_time = dest(entry), max(st.head_time, entry.last_ts)
+            if source(entry) == st.visible:
+                st.visible = st.head
+                st.hwm = st.head[0]
+        else:
+            m.add(entry)
+            st.dirty = True
+        return entry
 
     def _tmpfile(self, st: _DB, hint: str) -> Path:
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -497,6 +636,11 @@ class ArchiveWorker:
     def _cache_path(self, db: str, name: str) -> Path:
         return self._cache / db / name
 
+    def _to_cache(self, st: _DB, entry: ObjectEntry, path: Path) -> None:
+        dst = self._cache_path(st.name, entry.name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dst)
+
     def _drop_cache(self, db: str, name: str) -> None:
         try:
             os.unlink(self._cache_path(db, name))
@@ -504,48 +648,82 @@ class ArchiveWorker:
             pass
 
     def _sweep_cache(self, st: _DB) -> None:
-        """Cached L0 objects are kept until they are inside L1, so compaction rarely downloads."""
-        d = self._cache / st.name / "0000"
-        if not d.is_dir() or st.manifest is None:
+        """The cache keeps what the next compactions read: the bundles after the compacted head and
+        the newest object of each compacted level."""
+        m = st.manifest
+        root = self._cache / st.name
+        if m is None or not root.is_dir():
             return
-        l1_max = max((o.max_txid for o in st.manifest.objects if o.level == 1), default=0)
-        names = st.manifest.names()
-        for p in d.iterdir():
-            name = "0000/" + p.name
-            parsed = parse_filename(p.name)
-            if name not in names or parsed is None or parsed[1] <= l1_max:
-                p.unlink(missing_ok=True)
+        keep = set(st.bundles)
+        for k in range(1, self.top_level + 1):
+            objs = [o for o in m.objects if o.level == k]
+            if objs:
+                keep.add(max(objs, key=lambda o: o.max_txid).name)
+        for d in root.iterdir():
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                if f"{d.name}/{p.name}" not in keep:
+                    p.unlink(missing_ok=True)
 
     def _fetch(self, st: _DB, entry: ObjectEntry) -> tuple[Path, bool]:
-        """A verified local copy of an archived object: (path, is_temporary)."""
+        """A local copy of an archived object: (path, is_temporary). Verified when compacted."""
         cached = self._cache_path(st.name, entry.name)
         if cached.exists():
             return cached, False
         tmp = self._tmpfile(st, "get")
-        self.store.get_to_file(self.layout.object_key(st.name, entry), tmp)
         try:
-            header, trailer = verify_file(tmp)
-        except LTXError as exc:
+            self.store.get_to_file(self.layout.object_key(st.name, entry), tmp)
+        except BaseException:
             tmp.unlink(missing_ok=True)
-            raise ArchiveError(f"archived object {entry.name} is corrupt: {exc}") from None
-        why = entry.matches(header, trailer)
-        if why:
-            tmp.unlink(missing_ok=True)
-            raise ArchiveError(f"archived object {entry.name} does not match the manifest: {why}")
+            raise
         return tmp, True
 
-    def _compact_to(self, st: _DB, level: int, paths: list[Path], first_ts: int, hint: str) -> tuple[Path, ObjectEntry]:
-        out = self._tmpfile(st, hint)
+    def _ltx_inputs(self, st: _DB, path: Path, entry: ObjectEntry, temps: list[Path]) -> list[Path]:
+        """The LTX files of an object: itself, or a bundle's files extracted to temporary files."""
+        if not entry.is_bundle:
+            return [path]
+        self._tmp.mkdir(parents=True, exist_ok=True)
         try:
-            with open(out, "wb") as f:
-                header, trailer = compact(f, paths, compress=True)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
+            parts = [Path(p) for p in bundles_mod.extract(path, self._tmp, f"{st.name}.{uuid.uuid4().hex[:8]}")]
+        except LTXError as exc:
+            raise ArchiveError(f"archived bundle {entry.name} is corrupt: {exc}") from None
+        temps.extend(parts)
+        return parts
+
+    def _merge(self, st: _DB, level: int, objs: list[ObjectEntry], hint: str) -> tuple[Path, ObjectEntry]:
+        """Compact objects (fetched from the cache or the store) into one LTX file."""
+        temps: list[Path] = []
+        try:
+            inputs: list[Path] = []
+            for o in objs:
+                path, temporary = self._fetch(st, o)
+                if temporary:
+                    temps.append(path)
+                inputs += self._ltx_inputs(st, path, o, temps)
+            out = self._tmpfile(st, hint)
+            try:
+                with open(out, "wb") as f:
+                    header, trailer = compact(f, inputs, compress=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except LTXError as exc:
+                out.unlink(missing_ok=True)
+                raise ArchiveError(f"cannot compact {objs[0].name}..{objs[-1].name}: {exc}") from None
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
+        finally:
+            for p in temps:
+                p.unlink(missing_ok=True)
         lvl = SNAPSHOT_LEVEL if header.is_snapshot else level
-        return out, ObjectEntry.from_ltx(lvl, header, trailer, out.stat().st_size, first_ts=first_ts)
+        entry = ObjectEntry.from_ltx(lvl, header, trailer, out.stat().st_size, first_ts=objs[0].first_ts,
+                                     last_ts=max(o.last_ts for o in objs))
+        if (entry.min_txid, entry.pre_apply) != (objs[0].min_txid, objs[0].pre_apply) or \
+                (entry.max_txid, entry.post_apply) != (objs[-1].max_txid, objs[-1].post_apply):
+            out.unlink(missing_ok=True)
+            raise ArchiveError(f"compacting {objs[0].name}..{objs[-1].name} did not give the expected ends")
+        return out, entry
 
     # upload ---------------------------------------------------------------------------------------
 
@@ -585,9 +763,9 @@ class ArchiveWorker:
             st.ends[f.path.name] = e
         return e
 
-    def _chain(self, st: _DB, files: list[_Local], head: tuple[int, int, int]) -> tuple[list[_Local], str | None]:
+    def _chain(self, st: _DB, files: list[_Local], head: Node) -> tuple[list[_Local], str | None]:
         """The local files that continue the archive from its head, or why there are none."""
-        htxid, hsum, _ = head
+        htxid, hsum = head
         after = [f for f in files if f.max_txid > htxid]
         if not after:
             return [], None
@@ -616,6 +794,7 @@ class ArchiveWorker:
                     start = max(snaps, key=lambda f: f.max_txid)
                     log.info("archive %s: starting a new lineage from the local snapshot %s", st.name,
                              start.path.name)
+                    problem = None
         if start is None:
             first = after[0]
             return [], problem or (f"the local LTX files ({first.path.name} onwards) do not continue the archive's "
@@ -631,47 +810,101 @@ class ArchiveWorker:
             run.append(max(nxt, key=lambda f: f.max_txid))
         return run, None
 
+    def _resolve_uncertain(self, st: _DB) -> None:
+        """A bundle PUT that failed in transit may have been applied: adopt it if it was."""
+        while st.uncertain:
+            entry = st.uncertain[0]
+            info = self.store.head(self.layout.object_key(st.name, entry))
+            st.uncertain.pop(0)
+            if info is None or source(entry) != st.head:
+                continue
+            try:
+                got = ObjectEntry.from_metadata(entry.name, info.size, info.metadata or {})
+            except ArchiveError:
+                continue
+            if (got.pre_apply, got.post_apply) == (entry.pre_apply, entry.post_apply):
+                log.info("archive %s: %s was written although the store reported an error; keeping it",
+                         st.name, entry.name)
+                st.bundles[got.name] = got
+                st.head, st.head_time = dest(got), max(st.head_time, got.last_ts)
+                if source(got) == st.visible:
+                    st.visible = st.head
+                    st.hwm = st.head[0]
+
     def _upload(self, st: _DB, now: float, report: PassReport) -> None:
         m = st.manifest
         assert m is not None
+        self._resolve_uncertain(st)
         files = self._scan(st)
-        head = self._head(m)
-        run, problem = self._chain(st, files, head)
+        run, problem = self._chain(st, files, st.head)
         if problem:
-            self._new_lineage(st, head, problem, report)
-            run, problem = self._chain(st, files, self._head(m))
+            self._new_lineage(st, problem, report)
+            run, problem = self._chain(st, files, st.head)
             if problem:
                 raise ChainBroken(problem)
-        # A snapshot goes up alone (as level 9), so the commits after it keep their own restore points.
-        chunks = [run[:1]] if run and run[0].min_txid == 1 else []
-        rest = run[len(chunks):]
-        chunks += [rest[i:i + self.max_files] for i in range(0, len(rest), self.max_files)]
-        for chunk in chunks:
-            paths = [f.path for f in chunk]
-            first_ts = self._ends(st, chunk[0])[0].timestamp
+        if not run:
+            return
+        if not st.l0_verified:
+            # Time has passed since the load: if someone else uploaded meanwhile, stop here rather
+            # than fork level 0 (later, the check before each manifest write catches it).
+            self._check_l0(st, st.head[0] + 1)
+            st.l0_verified = True
+        if run[0].min_txid == 1:
+            # A snapshot goes up alone (as level 9), so the commits after it keep their own granularity.
+            self._upload_snapshot_file(st, run[0], report, st.head[0] != 0)
+            run = run[1:]
+        for i in range(0, len(run), self.max_files):
+            chunk = run[i:i + self.max_files]
+            ends = []
+            bad = []
+            for f in chunk:
+                try:
+                    ends.append(verify_file(f.path))
+                except (LTXError, OSError) as e:
+                    bad.append(f"{f.path.name}: {e}")
+            if bad:
+                raise ArchiveError(f"local LTX file(s) failed verification, not uploaded: {'; '.join(bad)}")
+            out = self._tmpfile(st, "l0")
             try:
-                out, entry = self._compact_to(st, 0, paths, first_ts, "l0")
-            except LTXError as exc:
-                bad = []
-                for f in chunk:
-                    try:
-                        verify_file(f.path)
-                    except LTXError as e:
-                        bad.append(f"{f.path.name}: {e}")
-                raise ArchiveError(f"local LTX file(s) failed verification, not uploaded: "
-                                   f"{'; '.join(bad) or exc}") from None
-            try:
-                self._put(st, entry, out, report, "snapshot" if entry.level == SNAPSHOT_LEVEL else "l0")
-                if entry.level == 0:
-                    dst = self._cache_path(st.name, entry.name)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(out, dst)
+                with open(out, "wb") as f:
+                    size = bundles_mod.write_bundle(f, [c.path for c in chunk])
+                    f.flush()
+                    os.fsync(f.fileno())
+                entry = self._put(st, ObjectEntry.bundle(ends, size), out, report, "l0")
+                self._to_cache(st, entry, out)
             finally:
                 out.unlink(missing_ok=True)
             st.last_upload = now
             self.metrics.last_upload_time.labels(st.name).set(now)
 
-    def _new_lineage(self, st: _DB, head: tuple[int, int, int], problem: str, report: PassReport) -> None:
+    def _upload_snapshot_file(self, st: _DB, f: _Local, report: PassReport, new_lineage: bool) -> None:
+        out = self._tmpfile(st, "snapshot")
+        try:
+            try:
+                with open(out, "wb") as fo:
+                    header, trailer = compact(fo, [f.path], compress=True)
+                    fo.flush()
+                    os.fsync(fo.fileno())
+            except LTXError as exc:
+                raise ArchiveError(f"local LTX file failed verification, not uploaded: {f.path.name}: {exc}") from None
+            entry = ObjectEntry.from_ltx(SNAPSHOT_LEVEL, header, trailer, out.stat().st_size)
+            self._start_lineage(st, entry, out, report, new_lineage)
+        finally:
+            out.unlink(missing_ok=True)
+
+    def _start_lineage(self, st: _DB, entry: ObjectEntry, path: Path, report: PassReport, gap: bool) -> None:
+        m = st.manifest
+        assert m is not None
+        old = st.head
+        self._put(st, entry, path, report, "snapshot")
+        if gap and entry.max_txid - 1 >= old[0] + 1:
+            m.gaps = sorted(set(m.gaps) | {(old[0] + 1, entry.max_txid - 1)})
+        st.head, st.head_time = dest(entry), entry.last_ts
+        st.bundles = {}
+        st.dirty = True
+        st.retention_due = True
+
+    def _new_lineage(self, st: _DB, problem: str, report: PassReport) -> None:
         if self.snapshot_source is None:
             raise ChainBroken(f"{problem}; no snapshot source to start a new lineage (not uploading a gap)")
         path = self.snapshot_source(st.name)
@@ -683,15 +916,41 @@ class ArchiveWorker:
             raise ChainBroken(f"{problem}; the node's snapshot {path} is invalid: {exc}") from None
         if not header.is_snapshot:
             raise ChainBroken(f"{problem}; {path} is not a snapshot")
-        if header.max_txid <= head[0]:
+        if header.max_txid <= st.head[0]:
             raise ChainBroken(f"{problem}; the node's snapshot at TXID {header.max_txid:016x} is not past the "
-                              f"archive's TXID {head[0]:016x}, so it cannot start a new lineage")
+                              f"archive's TXID {st.head[0]:016x}, so it cannot start a new lineage")
         log.info("archive %s: %s; starting a new lineage with a snapshot at TXID %016x", st.name, problem,
                  header.max_txid)
         entry = ObjectEntry.from_ltx(SNAPSHOT_LEVEL, header, trailer, os.path.getsize(path))
-        self._put(st, entry, Path(path), report, "snapshot")
+        self._start_lineage(st, entry, Path(path), report, st.head[0] != 0)
 
-    # compaction -----------------------------------------------------------------------------
+    # snapshots and compaction -----------------------------------------------------------------
+
+    def _maybe_snapshot(self, st: _DB, now: float, report: PassReport) -> None:
+        m = st.manifest
+        assert m is not None
+        boundary = _boundary_ms(now, float(self.config.snapshot_interval))
+        if m.snapshot_at is None:
+            m.snapshot_at = boundary
+            return
+        if m.snapshot_at >= boundary:
+            return
+        head = st.head
+        latest = max((o.max_txid for o in m.objects if o.is_snapshot), default=0)
+        if head[0] == 0 or latest >= head[0]:
+            m.snapshot_at = boundary
+            return
+        g = Graph(list(m.objects) + list(st.bundles.values()))
+        if not g.reachable(head):
+            raise ArchiveError(f"cannot snapshot: the archive's head TXID {head[0]:016x} is not reachable")
+        path = g.path(head)
+        out, entry = self._merge(st, SNAPSHOT_LEVEL, path, "snapshot")
+        try:
+            self._put(st, entry, out, report, "snapshot")
+        finally:
+            out.unlink(missing_ok=True)
+        m.snapshot_at = boundary
+        st.retention_due = True
 
     def _maybe_compact(self, st: _DB, k: int, now: float, report: PassReport) -> None:
         m = st.manifest
@@ -706,87 +965,67 @@ class ArchiveWorker:
         t0 = time.monotonic()
         made = self._compact_level(st, k, report)
         m.compacted_at[k] = boundary
+        st.retention_due = True
         if made:
             self.metrics.compaction_seconds.labels(st.name, str(k)).observe(time.monotonic() - t0)
 
-    def _compact_level(self, st: _DB, k: int, report: PassReport) -> int:
+    def _compact_level(self, st: _DB, k: int, report: PassReport) -> bool:
+        """One cumulative level-k object: from the end of the newest higher-level object to the head."""
         m = st.manifest
         assert m is not None
-        hwm = max((o.max_txid for o in m.objects if o.level == k), default=0)
-        src = sorted((o for o in m.objects if o.level == k - 1 and o.min_txid > hwm), key=lambda o: o.min_txid)
-        runs: list[list[ObjectEntry]] = []
-        for o in src:
-            if runs and o.min_txid == runs[-1][-1].max_txid + 1 and o.pre_apply == runs[-1][-1].post_apply \
-                    and len(runs[-1]) < self.max_files:
-                runs[-1].append(o)
-            else:
-                runs.append([o])
-        made = 0
-        for run in runs:
-            fetched: list[tuple[Path, bool]] = []
-            try:
-                for o in run:
-                    fetched.append(self._fetch(st, o))
-                out, entry = self._compact_to(st, k, [p for p, _ in fetched], run[0].first_ts, f"l{k}")
-                try:
-                    self._put(st, entry, out, report, f"l{k}")
-                finally:
-                    out.unlink(missing_ok=True)
-                made += 1
-            finally:
-                for p, temporary in fetched:
-                    if temporary:
-                        p.unlink(missing_ok=True)
-        return made
-
-    # snapshots ------------------------------------------------------------------------------
-
-    def _maybe_snapshot(self, st: _DB, now: float, report: PassReport) -> None:
-        m = st.manifest
-        assert m is not None
-        boundary = _boundary_ms(now, float(self.config.snapshot_interval))
-        if m.snapshot_at is None:
-            m.snapshot_at = boundary
-            return
-        if m.snapshot_at >= boundary:
-            return
-        head = self._head(m)
-        latest = max((o.max_txid for o in m.objects if o.is_snapshot), default=0)
-        if head[0] == 0 or latest >= head[0]:
-            m.snapshot_at = boundary
-            return
-        plan = plan_restore(m.objects, txid=head[0])
-        fetched: list[tuple[Path, bool]] = []
+        higher = [o for o in m.objects if o.level > k]
+        if not higher:
+            return False
+        g = self._graph(st)
+        bases = [dest(o) for o in higher if g.reachable(dest(o))]
+        if not bases:
+            return False
+        base = max(bases)
+        head = st.head
+        if head[0] <= base[0]:
+            return False
+        objs = list(m.objects) + list(st.bundles.values())
+        path = chain_path(objs, base, head)
+        if path is None:
+            # The usual inputs are gone (deleted or corrupt compactions): read level 0 from the base on.
+            found = list_bundles(self.store, self.layout, st.name, base[0] + 1)
+            path = chain_path(objs + found, base, head)
+            if path is None:
+                raise ArchiveError(f"cannot compact level {k}: no chain of objects from TXID {base[0]:016x} "
+                                   f"to the head {head[0]:016x}")
+        if len(path) == 1 and path[0].level == k:
+            return False  # the newest level-k object already is that
+        out, entry = self._merge(st, k, path, f"l{k}")
         try:
-            for o in plan.objects:
-                fetched.append(self._fetch(st, o))
-            out, entry = self._compact_to(st, SNAPSHOT_LEVEL, [p for p, _ in fetched], plan.objects[0].first_ts,
-                                          "snapshot")
-            try:
-                if entry.post_apply != head[1]:
-                    raise ArchiveError(f"snapshot at TXID {head[0]:016x} has checksum {entry.post_apply:016x}, "
-                                       f"the archive's head has {head[1]:016x}")
-                self._put(st, entry, out, report, "snapshot")
-            finally:
-                out.unlink(missing_ok=True)
+            entry = self._put(st, entry, out, report, f"l{k}")
+            self._to_cache(st, entry, out)
         finally:
-            for p, temporary in fetched:
-                if temporary:
-                    p.unlink(missing_ok=True)
-        m.snapshot_at = boundary
+            out.unlink(missing_ok=True)
+        # Bundles inside the compacted levels are no longer needed in memory (they stay in the store).
+        for name in [n for n, e in st.bundles.items() if e.max_txid <= entry.max_txid]:
+            del st.bundles[name]
+        return True
 
     # retention ------------------------------------------------------------------------------
 
     def _retention(self, st: _DB, now: float) -> None:
         m = st.manifest
         assert m is not None
-        doomed = select_deletions(m.objects, now=int(now * 1000), window_ms=int(float(self.config.retention) * 1000),
-                                  keep_ms=self.keep_ms, top_level=self.top_level)
+        st.retention_due = False
+        doomed, floor = select_retention(m.objects, now=int(now * 1000),
+                                         window_ms=int(float(self.config.retention) * 1000))
         if doomed:
             log.debug("archive %s: retention removes %d object(s)", st.name, len(doomed))
             m.remove(doomed)
             m.deleting = sorted(set(m.deleting) | {o.name for o in doomed})
             st.dirty = True
+        if floor is not None and floor[0] + 1 > m.l0_start:
+            m.l0_start = floor[0] + 1
+            m.gaps = [g for g in m.gaps if g[1] >= m.l0_start]
+            st.dirty = True
+        g = self._graph(st)
+        chead = max(g.reachable_nodes, key=lambda n: (n[0], g.ts[n])) if g.reachable_nodes else START
+        st.compacted_path = len(g.path(chead)) if chead != START else 0
 
     # metrics ---------------------------------------------------------------------------------
 
@@ -811,10 +1050,14 @@ class ArchiveWorker:
             for o in st.manifest.objects:
                 counts[o.level][0] += 1
                 counts[o.level][1] += o.size
+            for o in st.bundles.values():  # level 0: the bundles after the compacted levels
+                counts[0][0] += 1
+                counts[0][1] += o.size
             for lvl in list(range(self.top_level + 1)) + [SNAPSHOT_LEVEL]:
                 c, b = counts.get(lvl, (0, 0))
                 mt.objects.labels(name, str(lvl)).set(c)
                 mt.bytes.labels(name, str(lvl)).set(b)
+            mt.restore_objects.labels(name).set(st.compacted_path + len(st.bundles))
 
 
 __all__ = ["ArchiveConflict", "ArchiveMetrics", "ArchiveWorker", "ChainBroken", "PassReport"]

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = s.add_parser("ls", help="databases, levels, objects and restorable windows")
     ls.add_argument("--db", metavar="NAME", help="only this database")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--all", action="store_true",
+                    help="list every level-0 bundle (a full listing of level 0) instead of only those after the "
+                         "newest compaction")
     add_archive_source(ls)
     ls.set_defaults(func=run)
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     store, layout = open_archive(args.config, args.url)
     dbs = [args.db] if args.db else list_databases(store, layout)
-    out = [describe_database(store, layout, db) for db in dbs]
+    out = [describe_database(store, layout, db, all_bundles=args.all) for db in dbs]
     if args.json:
         json.dump({"archive": store.description + ("/" + layout.prefix if layout.prefix else ""),
                    "databases": out}, sys.stdout, indent=2)
@@ -43,13 +46,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  gap: TXIDs {g['from']}..{g['to']} are missing")
         else:
             print(f"{d['db']}: nothing restorable")
+        l0 = d["l0"]
+        shown = "every bundle" if l0["complete"] else f"bundles from TXID {int(l0['listedFrom'], 16)} on"
+        print(f"  level 0 (bundles, one per upload): kept from TXID {int(l0['start'], 16)} on; {shown}: "
+              f"{l0['objects']} object(s), {_size(l0['bytes'])}")
         for lv in d["levels"]:
-            kind = "snapshots" if lv["level"] == 9 else ("uploads" if lv["level"] == 0 else "compactions")
+            kind = "snapshots" if lv["level"] == 9 else "compactions"
             print(f"  level {lv['level']} ({kind}): {lv['objects']} object(s), {_size(lv['bytes'])}")
         for o in d["objects"]:
             flag = "  MISSING" if o.get("missing") else ""
-            print(f"    {o['name']}  TXID {int(o['min'], 16)}..{int(o['max'], 16)}  "
-                  f"{o['firstCommit']} .. {o['lastCommit']}  {_size(o['size'])}{flag}")
+            flag = flag or ("  (below the window: garbage)" if o.get("belowWindow") else "")
+            times = f"{o['firstCommit']} .. {o['lastCommit']}  " if "firstCommit" in o else ""
+            print(f"    {o['name']}  TXID {int(o['min'], 16)}..{int(o['max'], 16)}  {times}{_size(o['size'])}{flag}")
         for u in d["unindexed"]:
             what = "scheduled for deletion" if u["deleting"] else "not in the manifest"
             print(f"    {u['key']}  {_size(u['size'])}  ({what})")

@@ -22,10 +22,14 @@ def add_archive_source(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore a database from the archive to a point in time",
                        description="Restore a database from the archive. Without --at or --txid, restores the "
-                                   "latest archived state.")
+                                   "latest archived state. --at restores the state after the last commit at or "
+                                   "before the time; --txid restores exactly that TXID. Both work for any commit "
+                                   "in the restorable window (see `litefs archive ls`); a target the archive "
+                                   "cannot reach exactly (a gap, outside the window) fails with exit code 6.")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--at", metavar="TIME",
-                        help="RFC 3339 time, unix seconds, or relative (-15m): restore the state at that time")
+                        help="RFC 3339 time, unix seconds, or relative (-15m): restore the state after the last "
+                             "commit at or before that time")
     target.add_argument("--txid", metavar="N", help="restore exactly this TXID (decimal, 0x-hex or 16 hex digits)")
     p.add_argument("--db", metavar="NAME", help="database name (optional if the archive holds one)")
     add_archive_source(p)
@@ -81,14 +85,17 @@ def run(args: argparse.Namespace) -> int:
             print(note)
         return 0
     plan = result.plan
-    pt = plan.point
     if args.dry_run:
-        print(f"plan for {result.db} ({plan.target}): restores TXID {pt.txid:016x} ({pt.txid}), "
-              f"committed at {format_time(pt.time)}; {len(plan.objects)} object(s), {_size(plan.size)}")
+        print(f"plan for {result.db} ({plan.target}): restores {plan.describe()}; {len(plan.objects)} object(s), "
+              f"{_size(plan.size)}")
         for o in plan.objects:
+            kind = f"bundle of {o.count} LTX file(s)" if o.is_bundle else ("snapshot" if o.is_snapshot else
+                                                                            f"level {o.level}")
             print(f"  {o.name}  TXID {o.min_txid}..{o.max_txid}  commits {format_time(o.first_ts)} .. "
-                  f"{format_time(o.last_ts)}  {_size(o.size)}")
+                  f"{format_time(o.last_ts)}  {_size(o.size)}  ({kind})")
     else:
+        pt = result.point
+        assert pt is not None
         print(f"restored {result.db} to TXID {pt.txid:016x} ({pt.txid}), committed at {format_time(pt.time)}, "
               f"into {result.output}")
         print(f"  {result.fetched} object(s), {_size(result.fetched_bytes)} in {result.seconds:.2f}s; checksum "

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from litefs.archive.layout import Manifest
-from litefs.archive.restore import load_manifest, restore
+from litefs.archive.layout import Manifest, ObjectEntry
+from litefs.archive.restore import list_bundles, load_manifest, restore
 from litefs.archive.worker import ArchiveWorker
 from litefs.ltx.checksum import database_checksum
 
@@ -39,14 +39,29 @@ def drive(worker: ArchiveWorker, wl: Workload, clock: FakeClock, commits: int, *
     return reports
 
 
-def manifest(backend, db: str) -> Manifest:
-    return load_manifest(backend.store, backend.layout, db)[0]
+def manifest(backend, db: str, store=None) -> Manifest:
+    return load_manifest(store or backend.store, backend.layout, db)[0]
 
 
-def expected_txid(m: Manifest, wl: Workload, at_ms: int) -> int:
-    """The restore point for a time, computed from the test's own record of commit times."""
-    ends = {o.max_txid for o in m.objects}
-    return max((e for e in ends if wl.state(e).time_ms <= at_ms), default=0)
+def archive_objects(backend, db: str, store=None) -> list[ObjectEntry]:
+    """Everything a reader can find: the manifest's objects and every level-0 bundle in the window."""
+    store = store or backend.store
+    m = manifest(backend, db, store)
+    return list(m.objects) + [b for b in list_bundles(store, backend.layout, db) if b.max_txid >= m.l0_start]
+
+
+def archive_names(backend, db: str, store=None) -> set[str]:
+    return {o.name for o in archive_objects(backend, db, store)}
+
+
+def keys_in_store(backend, db: str, store=None) -> set[str]:
+    prefix = backend.layout.db_prefix(db)
+    return {i.key[len(prefix):] for i in (store or backend.store).list(prefix)} - {"manifest.json"}
+
+
+def expected_txid(wl: Workload, at_ms: int) -> int:
+    """The state at a time: after the last commit at or before it (the test's own record)."""
+    return wl.txid_at(at_ms)
 
 
 def sqlite_ok(path: Path) -> bool:
@@ -58,15 +73,18 @@ def sqlite_ok(path: Path) -> bool:
 
 
 def check_restore(backend, wl: Workload, out: Path, *, at: int | None = None, txid: int | None = None,
-                  expect: int | None = None):
-    """Restore and check the result is exactly the recorded state of the TXID it reports."""
-    res = restore(backend.store, backend.layout, wl.name, out, at=at, txid=txid, parallel=4)
-    got = res.plan.txid
-    if expect is not None:
-        assert got == expect, f"restored TXID {got}, expected {expect} (at={at}, txid={txid})"
+                  expect: int | None = None, store=None):
+    """Restore and check the result is exactly the recorded state of the TXID it reports, which is
+    the target (--txid), the last commit at or before the time (--at), or the latest."""
+    res = restore(store or backend.store, backend.layout, wl.name, out, at=at, txid=txid, parallel=4)
+    got = res.point.txid
+    if expect is None:
+        expect = txid if txid is not None else (wl.txid_at(at) if at is not None else wl.txid)
+    assert got == expect, f"restored TXID {got}, expected {expect} (at={at}, txid={txid})"
     rec = wl.state(got)
-    assert res.plan.checksum == rec.checksum
+    assert res.point.checksum == rec.checksum
     assert database_checksum(out) == rec.checksum
+    assert res.point.time == rec.time_ms  # the commit time printed is the restored commit's
     if at is not None:
         assert rec.time_ms <= at
     if out.stat().st_size:

@@ -17,7 +17,7 @@ from litefs.ltx.checksum import database_checksum
 from litefs.ltx.files import encode_snapshot
 from litefs.ltx.format import format_filename
 
-from .helpers import drive, expected_txid, manifest, new_worker, sqlite_ok
+from .helpers import archive_objects, drive, new_worker, sqlite_ok
 from .workload import FakeClock, Workload
 
 DB = "app.db"
@@ -42,13 +42,12 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_restore_at_time_txid_and_latest(backend, archived, tmp_path, capsys):
     wl, _, _ = archived
-    m = manifest(backend, DB)
     out = tmp_path / "restored.db"
-    at = wl.records[40].time_ms
-    want = expected_txid(m, wl, at)
+    at = wl.records[40].time_ms + 1  # just after commit 41: the state after it, exactly
+    want = 41
     code, text, err = run(capsys, "restore", "--url", backend.url, "--db", DB, "--at", format_time(at), "-o", out)
     assert code == 0, err
-    assert f"restored {DB} to TXID {want:016x} ({want})" in text and format_time(wl.state(want).time_ms) in text
+    assert f"restored {DB} to TXID {want:016x} ({want}), committed at {format_time(wl.state(want).time_ms)}" in text
     assert database_checksum(out) == wl.state(want).checksum and sqlite_ok(out)
     # --if-not-exists leaves an existing file alone; without it, restore refuses.
     code, text, _ = run(capsys, "restore", "--url", backend.url, "-o", out, "--if-not-exists")
@@ -63,8 +62,16 @@ def test_restore_at_time_txid_and_latest(backend, archived, tmp_path, capsys):
     code, text, _ = run(capsys, "restore", "--url", backend.url, "--txid", want, "-o", out, "--parallel", 2)
     assert code == 0 and database_checksum(out) == wl.state(want).checksum
     out.unlink()
+    # Any TXID, not just where an object ends.
+    for txid in (2, 17, 33, wl.txid - 1):
+        code, text, _ = run(capsys, "restore", "--url", backend.url, "--txid", txid, "-o", out)
+        assert code == 0 and f"restored {DB} to TXID {txid:016x} ({txid})" in text
+        assert database_checksum(out) == wl.state(txid).checksum
+        out.unlink()
     code, text, _ = run(capsys, "restore", "--url", backend.url, "--at", "-15m", "-o", out)
-    assert code == 0 and f"TXID {wl.txid:016x}" in text and "after the last archived commit" in text
+    assert code == 0 and f"TXID {wl.txid:016x}" in text
+    assert "after the last archived commit; restored the latest archived commit" in text
+    assert format_time(wl.records[-1].time_ms) in text
     assert database_checksum(out) == wl.checksum
 
 
@@ -77,6 +84,14 @@ def test_dry_run_prints_the_plan(backend, archived, capsys):
     assert plan["objectCount"] == len(plan["objects"]) <= 30
     code, text, _ = run(capsys, "restore", "--url", backend.url, "--dry-run", "--txid", "0x10")
     assert code == 0 and "restores TXID 0000000000000010 (16)" in text and "0009/" in text
+    at = format_time(wl.records[30].time_ms + 1)
+    code, text, _ = run(capsys, "restore", "--url", backend.url, "--dry-run", "--at", at, "--json")
+    plan = json.loads(text)["plan"]
+    assert plan["objects"][0]["level"] == 9 and plan["objectCount"] <= 30
+    if plan["restores"] is None:  # decided inside the last bundle, by its commit times
+        assert plan["stopTime"] == at and plan["objects"][-1]["level"] == 0
+    else:
+        assert plan["restores"]["txidDecimal"] == 31
 
 
 def test_restore_errors_exit_6_and_name_the_problem(backend, archived, tmp_path, capsys):
@@ -123,7 +138,7 @@ def test_archive_ls_agrees_with_the_bucket(backend, archived, tmp_path, capsys):
     wl2 = Workload(tmp_path / "data", "other.db", clock, seed=3)
     worker = new_worker(backend, tmp_path / "data", clock)
     drive(worker, wl2, clock, 10, rng=random.Random(2))
-    code, text, _ = run(capsys, "archive", "ls", "--url", backend.url, "--json")
+    code, text, _ = run(capsys, "archive", "ls", "--url", backend.url, "--json", "--all")
     assert code == 0
     doc = json.loads(text)
     assert [d["db"] for d in doc["databases"]] == [DB, "other.db"]
@@ -140,9 +155,20 @@ def test_archive_ls_agrees_with_the_bucket(backend, archived, tmp_path, capsys):
             assert backend.store.head(rel(o["key"])).size == o["size"]
     app = doc["databases"][0]
     assert app["window"]["end"]["txidDecimal"] == wl.txid and app["window"]["start"]["txidDecimal"] == 1
-    assert sum(lv["objects"] for lv in app["levels"]) == len(app["objects"])
+    assert app["l0"]["complete"] and app["l0"]["objects"] == sum(o["level"] == 0 for o in app["objects"])
+    assert sum(lv["objects"] for lv in app["levels"]) + app["l0"]["objects"] == len(app["objects"])
+    # Without --all: the manifest (one GET), the compacted levels checked against a listing, and only
+    # the bundles after the newest compaction (one LIST of level 0 with StartAfter).
+    code, text, _ = run(capsys, "archive", "ls", "--url", backend.url, "--json", "--db", DB)
+    app2 = json.loads(text)["databases"][0]
+    compacted = max(o.max_txid for o in archive_objects(backend, DB) if o.level > 0)
+    assert int(app2["l0"]["listedFrom"], 16) == compacted + 1 and not app2["l0"]["complete"]
+    assert {o["name"] for o in app2["objects"]} == {o["name"] for o in app["objects"]
+                                                     if o["level"] > 0 or int(o["min"], 16) > compacted}
+    assert app2["window"] == app["window"]
     code, text, _ = run(capsys, "archive", "ls", "--url", backend.url, "--db", "other.db")
     assert code == 0 and text.startswith("other.db: restorable from") and "level 9 (snapshots)" in text
+    assert "level 0 (bundles, one per upload)" in text
 
 
 def test_config_file_and_subprocess(backend, archived, tmp_path):

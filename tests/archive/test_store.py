@@ -34,6 +34,10 @@ def test_roundtrip(backend, tmp_path):
     assert s.get_range("a/c/two.ltx", 10, 20) == src.read_bytes()[10:30]
     assert [i.key for i in s.list("a/")] == ["a/b/one.ltx", "a/c/three.ltx", "a/c/two.ltx"]
     assert [i.key for i in s.list("a/c/t")] == ["a/c/three.ltx", "a/c/two.ltx"]
+    # StartAfter: only keys sorting after it (how readers find the bundles after a TXID).
+    assert [i.key for i in s.list("a/", start_after="a/c/three")] == ["a/c/three.ltx", "a/c/two.ltx"]
+    assert [i.key for i in s.list("a/", start_after="a/c/three.ltx")] == ["a/c/two.ltx"]
+    assert [i.key for i in s.list("a/c/", start_after="a/b/zzz")] == ["a/c/three.ltx", "a/c/two.ltx"]
     assert s.list_dirs("") == ["a/"]
     assert s.list_dirs("a/") == ["a/b/", "a/c/"]
     s.delete(["a/b/one.ltx", "a/b/missing"])

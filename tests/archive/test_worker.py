@@ -3,6 +3,7 @@ server on loopback), driven by a fake clock so compaction and snapshot cycles ta
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import shutil
 import time
@@ -16,18 +17,19 @@ from litefs.archive.layout import SNAPSHOT_LEVEL, format_time
 from litefs.archive.plan import window
 from litefs.archive.restore import describe_database, restore
 from litefs.archive.store import StoreUnavailable
+from litefs.archive.worker import _DB
 from litefs.errors import RestoreError
 from litefs.ltx.format import format_filename
 
-from .helpers import check_restore, drive, expected_txid, manifest, new_worker
+from .helpers import archive_objects, check_restore, drive, keys_in_store, manifest, new_worker
 from .workload import FakeClock, Workload
 
 DB = "app.db"
 
 
-def keys_in_store(backend, db=DB) -> set[str]:
-    prefix = backend.layout.db_prefix(db)
-    return {i.key[len(prefix):] for i in backend.store.list(prefix)} - {"manifest.json"}
+def boundaries(first_ms: int, last_ms: int, interval_s: float) -> list[int]:
+    step = int(interval_s * 1000)
+    return list(range((first_ms // step + 1) * step, last_ms, step))
 
 
 def test_point_in_time_restore_across_cycles(backend, tmp_path):
@@ -40,35 +42,75 @@ def test_point_in_time_restore_across_cycles(backend, tmp_path):
     worker = new_worker(backend, data, clock)
     drive(worker, wl, clock, 260, rng=rng)
     m = manifest(backend, DB)
-    levels = Counter(o.level for o in m.objects)
-    assert levels[1] and levels[2] and levels[3] and levels[SNAPSHOT_LEVEL] >= 2, levels
+    objs = archive_objects(backend, DB)
+    levels = Counter(o.level for o in objs)
+    assert levels[0] and levels[1] and levels[2] and levels[3] and levels[SNAPSHOT_LEVEL] >= 2, levels
     assert worker.hwm(DB) == wl.txid
-    # L0 thinned out once inside L1 (keep 10 x 2 s); the archive's index matches the bucket.
-    assert min(o.last_ts for o in m.objects if o.level == 0) >= int(clock.t * 1000) - 25_000
-    assert keys_in_store(backend) == m.names()
-    w = window(m.objects)
+    # The manifest names levels 1..9; the bundles are all in level 0; nothing else is in the bucket.
+    assert keys_in_store(backend, DB) == {o.name for o in objs}
+    assert not any(o.level == 0 for o in m.objects)
+    # Bundles hold the original per-transaction files, back to back, and chain.
+    l0 = sorted((o for o in objs if o.level == 0), key=lambda o: o.min_txid)
+    assert sum(o.count for o in l0) == wl.txid - 1 and l0[0].min_txid == 2 and l0[-1].max_txid == wl.txid
+    for a, b in zip(l0, l0[1:]):
+        assert b.min_txid == a.max_txid + 1 and b.pre_apply == a.post_apply
+    # Levels are cumulative: each compaction starts where the newest higher level (or snapshot) ended.
+    ends = {o.max_txid for o in objs if o.level >= 2}
+    for o in objs:
+        if 1 <= o.level <= 3:
+            assert o.min_txid - 1 in ends, o.name
+    w = window(objs)
     assert w.start.txid == 1 and w.end.txid == wl.txid and not w.gaps
 
     out = tmp_path / "out.db"
     first, last = wl.records[0].time_ms, wl.records[-1].time_ms
-    times = [rng.randint(first, last + 3000) for _ in range(25)]
-    step = 6000
-    times += list(range((first // step + 1) * step, last, step))  # L2 boundaries (L1 and L3 ones included)
-    times += [o.last_ts for o in rng.sample(m.objects, 10)]
+    # Every compaction boundary (L1's include L2's, L3's and the snapshots'), the commit times of
+    # every compaction's last TXID and just before them, and random times.
+    compacted = [o for o in objs if o.level >= 1]
+    times = boundaries(first, last, backend.config.levels[0].interval)
+    times += [o.last_ts for o in compacted] + [o.last_ts - 1 for o in compacted if o.last_ts > first]
+    txids = [o.max_txid + d for o in compacted for d in (0, 1)]
+    randoms = 25
+    if backend.kind == "s3":  # the same plans on both backends; S3 requests cost more, so sample
+        times, txids, randoms = rng.sample(times, 20), rng.sample(txids, 10), 12
+    times += [rng.randint(first, last + 3000) for _ in range(randoms)]
+    txids += rng.sample(range(1, wl.txid + 1), randoms) + [1, wl.txid]
     for at in times:
-        check_restore(backend, wl, out, at=at, expect=expected_txid(m, wl, at))
-    points = sorted({o.max_txid for o in m.objects})
-    for txid in rng.sample(points, 12) + [wl.txid]:
-        check_restore(backend, wl, out, txid=txid, expect=txid)
+        check_restore(backend, wl, out, at=at)
+    for txid in txids:
+        check_restore(backend, wl, out, txid=min(txid, wl.txid))
     res = check_restore(backend, wl, out)
-    assert res.plan.txid == wl.txid and len(res.plan.objects) <= 30
-    inner = [t for t in range(2, wl.txid) if t not in points]
-    for txid in rng.sample(inner, 3):
-        with pytest.raises(RestoreError, match="not a restore point"):
-            restore(backend.store, backend.layout, DB, out, txid=txid)
+    assert res.plan.txid == wl.txid
+    res = check_restore(backend, wl, out, at=last + 60_000)
+    assert any("after the last archived commit" in n and format_time(last) in n for n in res.notes)
     with pytest.raises(RestoreError, match="before the restorable window"):
         restore(backend.store, backend.layout, DB, out, at=first - 1)
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
+
+
+def test_objects_per_restore_are_bounded(tmp_path):
+    """One snapshot, at most one object per compaction level, then the bundles since the newest
+    compaction: for every TXID. (Planning is the same on every backend: the file one suffices.)"""
+    from .conftest import file_backend
+
+    backend = file_backend(tmp_path / "bucket")
+    rng = random.Random(13)
+    clock = FakeClock()
+    data = tmp_path / "data"
+    wl = Workload(data, DB, clock, seed=13)
+    worker = new_worker(backend, data, clock)
+    drive(worker, wl, clock, 150, rng=rng)
+    cfg = backend.config
+    bound = 1 + len(cfg.levels) + math.ceil(cfg.levels[0].interval / cfg.upload_interval) + 1
+    worst = 0
+    for txid in range(1, wl.txid + 1):
+        plan = restore(backend.store, backend.layout, DB, None, txid=txid, dry_run=True).plan
+        assert plan.objects[0].is_snapshot
+        assert sum(1 for o in plan.objects if o.level >= 1 and not o.is_snapshot) <= len(cfg.levels)
+        worst = max(worst, len(plan.objects))
+    assert worst <= bound, (worst, bound)
+    reg = worker.metrics
+    assert 0 < reg.restore_objects.labels(DB)._value.get() <= bound
 
 
 def test_retention_deletes_only_outside_the_window(backend, tmp_path):
@@ -80,20 +122,29 @@ def test_retention_deletes_only_outside_the_window(backend, tmp_path):
     worker = new_worker(backend, data, clock, config=cfg)
     reports = drive(worker, wl, clock, 210, rng=rng)
     deleted = [k for r in reports for k in r.deleted]
-    assert deleted, "retention never deleted anything"
+    assert any("/0000/" in k for k in deleted) and any("/0000/" not in k for k in deleted), deleted
     m = manifest(backend, DB)
-    assert keys_in_store(backend) == m.names()
+    objs = archive_objects(backend, DB)
+    assert keys_in_store(backend, DB) == {o.name for o in objs}  # garbage is gone
     now = int(clock.t * 1000)
     cutoff = now - 30_000
-    w = window(m.objects)
+    w = window(objs, floor_txid=m.l0_start - 1)
     assert w.start.time <= cutoff, (format_time(w.start.time), format_time(cutoff))
-    assert w.start.time >= cutoff - 2 * 12_000  # and not much more than one snapshot interval beyond
+    # The window starts at the newest compaction at or before the cutoff: about one L1 interval.
+    assert w.start.time >= cutoff - 2 * 2_000 - 1_000, (format_time(w.start.time), format_time(cutoff))
+    # Every bundle from the window's start on is kept; nothing below it is.
+    l0 = sorted((o for o in objs if o.level == 0), key=lambda o: o.min_txid)
+    assert l0[0].min_txid == w.start.txid + 1 == m.l0_start
     out = tmp_path / "out.db"
-    in_window = [r.time_ms for r in wl.records if r.time_ms >= cutoff]
-    for at in [cutoff] + rng.sample(in_window, 15):
-        check_restore(backend, wl, out, at=at, expect=expected_txid(m, wl, at))
+    in_window = [r for r in wl.records if r.time_ms >= cutoff]
+    for at in [cutoff] + [r.time_ms for r in rng.sample(in_window, 12)]:
+        check_restore(backend, wl, out, at=at)
+    for r in rng.sample(in_window, 8) + [wl.state(w.start.txid)]:
+        check_restore(backend, wl, out, txid=r.txid)
     with pytest.raises(RestoreError, match="before the restorable window"):
         restore(backend.store, backend.layout, DB, out, at=w.start.time - 1)
+    with pytest.raises(RestoreError, match="before the restorable window"):
+        restore(backend.store, backend.layout, DB, out, txid=w.start.txid - 1)
 
 
 def test_gap_and_outside_window_fail_naming_them(backend, tmp_path, expect_log):
@@ -132,12 +183,19 @@ def test_gap_and_outside_window_fail_naming_them(backend, tmp_path, expect_log):
     assert not report.errors and worker.hwm(DB) == wl.txid
     drive(worker, wl, clock, 10, rng=rng)
     out = tmp_path / "out.db"
+    gap = (archived + 1, archived + 12)
+    m = manifest(backend, DB)
+    assert m.gaps == [gap]  # recorded by the worker, so browsing sees it without a full listing
+    assert window(archive_objects(backend, DB), known_gaps=m.gaps).gaps == [gap]
     gap_time = wl.state(archived + 5).time_ms
-    with pytest.raises(RestoreError, match=rf"TXIDs .* \({archived + 1}\.\.{archived + 12}\) are missing"):
+    with pytest.raises(RestoreError, match=rf"TXIDs .* \({gap[0]}\.\.{gap[1]}\) are missing"):
         restore(backend.store, backend.layout, DB, out, at=gap_time)
+    with pytest.raises(RestoreError, match=rf"TXIDs .* \({gap[0]}\.\.{gap[1]}\) are missing"):
+        restore(backend.store, backend.layout, DB, out, txid=archived + 4)
     check_restore(backend, wl, out, at=wl.state(archived).time_ms, expect=archived)
     check_restore(backend, wl, out, expect=wl.txid)
-    check_restore(backend, wl, out, txid=archived + 13, expect=archived + 13)
+    for txid in [archived, archived + 13] + rng.sample(range(archived + 14, wl.txid + 1), 4):
+        check_restore(backend, wl, out, txid=txid)
 
 
 def test_corrupt_or_missing_objects_are_planned_around(backend, tmp_path):
@@ -145,22 +203,45 @@ def test_corrupt_or_missing_objects_are_planned_around(backend, tmp_path):
     clock = FakeClock()
     data = tmp_path / "data"
     wl = Workload(data, DB, clock, seed=4)
-    worker = new_worker(backend, data, clock, keep_factor=1000)  # keep every L0, so there is another path
+    worker = new_worker(backend, data, clock)
     drive(worker, wl, clock, 60, rng=rng)
     m = manifest(backend, DB)
     out = tmp_path / "out.db"
     plan = restore(backend.store, backend.layout, DB, None, dry_run=True).plan
     victim = next(o for o in plan.objects if o.level in (1, 2, 3))
-    key = backend.layout.object_key(DB, victim)
-    good = backend.store.get(key)
-    bad = bytearray(good)
-    bad[len(bad) // 2] ^= 0xFF
-    backend.store.put(key, bytes(bad), backend.store.head(key).metadata)
+
+    def corrupt(o):
+        key = backend.layout.object_key(DB, o)
+        bad = bytearray(backend.store.get(key))
+        bad[len(bad) // 2] ^= 0xFF
+        backend.store.put(key, bytes(bad), backend.store.head(key).metadata)
+        return key
+
+    key = corrupt(victim)
+    # Compactions and bundles overlap (the bundles are kept for the whole window), so there is
+    # another path: re-planned around the corrupt object, to exactly the same state.
     res = check_restore(backend, wl, out, expect=wl.txid)
     assert victim.name in res.excluded and "corrupt" in res.excluded[victim.name] and res.replans >= 1
+    inner = victim.min_txid + (victim.max_txid - victim.min_txid) // 2
+    check_restore(backend, wl, out, txid=inner)
     backend.store.delete([key])
     res = check_restore(backend, wl, out, expect=wl.txid)
     assert res.excluded == {victim.name: "missing from the store"}
+    # The newest bundle has no other copy: a restore of the states inside it fails naming it; the
+    # states before it still restore.
+    if clock.t % 2 > 1.7:  # cross the L1 boundary first, then stay inside one L1 period:
+        clock.advance(0.35)  # the new bundle has no compacted copy yet
+        worker.run_once(clock.t)
+    for _ in range(2):
+        clock.advance(0.1)
+        wl.random_commit()
+    worker.run_once(clock.t)
+    last = restore(backend.store, backend.layout, DB, None, dry_run=True).plan.objects[-1]
+    assert last.level == 0 and last.max_txid == wl.txid
+    corrupt(last)
+    with pytest.raises(RestoreError, match=rf"{last.name}.*corrupt"):
+        restore(backend.store, backend.layout, DB, out)
+    check_restore(backend, wl, out, txid=last.min_txid - 1)
     # No other path: every snapshot gone.
     snaps = [o for o in m.objects if o.is_snapshot]
     backend.store.delete([backend.layout.object_key(DB, o) for o in snaps])
@@ -184,10 +265,11 @@ def test_manifest_missing_or_corrupt_is_rebuilt(backend, tmp_path):
     at = wl.records[len(wl.records) // 2].time_ms
     res = check_restore(backend, wl, out, at=at)
     assert "missing" in res.notes[0]
+    check_restore(backend, wl, out, txid=wl.txid - 3)
     # A restarted worker rebuilds the manifest from the listing and carries on.
     worker = new_worker(backend, data, clock)
     drive(worker, wl, clock, 10, rng=rng)
-    assert keys_in_store(backend) == manifest(backend, DB).names()
+    assert keys_in_store(backend, DB) == {o.name for o in archive_objects(backend, DB)}
     check_restore(backend, wl, out, expect=wl.txid)
 
 
@@ -228,32 +310,35 @@ def test_worker_killed_mid_compaction_converges(backend, tmp_path, moment):
     armed = {"on": True}
 
     def when(phase, key):
-        hit = armed["on"] and phase == moment and ("/0002/" in key if phase != "get" else "/0001/" in key)
+        # Killed writing a level-2 object, or reading a compaction's input from the store.
+        hit = armed["on"] and phase == moment and ("/0002/" in key if phase != "get" else "/0000/" not in key)
         if hit:
             armed["on"] = False
         return hit
 
-    if moment == "get":
-        shutil.rmtree(data / "archive" / "cache", ignore_errors=True)
     killer = new_worker(backend, data, clock, store=_KillingStore(backend.store, when))
     with pytest.raises(_Killed):
         for _ in range(40):
             clock.advance(0.5)
             wl.random_commit()
+            if moment == "get":  # a cold cache: compaction inputs come from the store
+                shutil.rmtree(data / "archive" / "cache", ignore_errors=True)
             killer.run_once(clock.t)
     # A new process: same data dir, same store, no memory of the old one.
     restarted = new_worker(backend, data, clock)
     drive(restarted, wl, clock, 30, rng=rng)
-    m = manifest(backend, DB)
-    assert keys_in_store(backend) == m.names()
+    objs = archive_objects(backend, DB)
+    assert keys_in_store(backend, DB) == {o.name for o in objs}
     assert restarted.hwm(DB) == wl.txid
-    w = window(m.objects)
-    assert w.end.txid == wl.txid and not w.gaps
+    w = window(objs)
+    assert w.start.txid == 1 and w.end.txid == wl.txid and not w.gaps
     out = tmp_path / "out.db"
     check_restore(backend, wl, out, expect=wl.txid)
-    for o in m.objects:
+    for o in objs:
         if o.level == 2:
-            check_restore(backend, wl, out, txid=o.max_txid, expect=o.max_txid)
+            check_restore(backend, wl, out, txid=o.max_txid)
+    for txid in rng.sample(range(1, wl.txid + 1), 6):
+        check_restore(backend, wl, out, txid=txid)
 
 
 class _SwitchableStore:
@@ -320,14 +405,20 @@ def test_store_down_backlog_drains_without_gap(backend, tmp_path, expect_log):
         assert worker.hwm(DB) == wl.txid
         assert registry.get_sample_value("litefs_archive_lag_txids", {"db": DB}) == 0
         drive(worker, wl, clock, 10, rng=rng)
-        m = manifest(backend, DB) if server is None else __import__("litefs.archive.restore", fromlist=["x"]).load_manifest(store, backend.layout, DB)[0]
-        w = window(m.objects)
+        objs = archive_objects(backend, DB, store)
+        w = window(objs)
         assert w.start.txid == 1 and w.end.txid == wl.txid and not w.gaps
-        l0 = sorted((o for o in m.objects if o.level == 0), key=lambda o: o.min_txid)
+        l0 = sorted((o for o in objs if o.level == 0), key=lambda o: o.min_txid)
+        assert max(o.count for o in l0) == 16  # the backlog went up in bounded bundles
         for a, b in zip(l0, l0[1:]):
             assert b.min_txid == a.max_txid + 1 and b.pre_apply == a.post_apply
         b = dataclasses.replace(backend, store=store)
-        check_restore(b, wl, tmp_path / "out.db", expect=wl.txid)
+        out = tmp_path / "out.db"
+        check_restore(b, wl, out, expect=wl.txid)
+        outage = [r for r in wl.records if r.txid > before]
+        for r in rng.sample(outage, 4):  # commits made while the store was down, exactly
+            check_restore(b, wl, out, txid=r.txid)
+            check_restore(b, wl, out, at=r.time_ms)
     finally:
         if server is not None:
             server.stop()
@@ -372,8 +463,8 @@ def test_second_writer_cannot_overwrite(backend, tmp_path, expect_log):
     with expect_log("diverged from the archive"):
         r = wb.run_once(clock.t)
     assert "diverged" in r.errors[DB]
-    before = keys_in_store(backend)
-    # Both have the manifest; one writes; the other's manifest write is refused.
+    before = keys_in_store(backend, DB)
+    # Both have loaded the archive; one writes; the other notices before it uploads anything.
     drive(wa, a, clock, 5, rng=rng)
     wa2 = new_worker(backend, a_dir, clock)
     wa2.run_once(clock.t)
@@ -381,10 +472,22 @@ def test_second_writer_cannot_overwrite(backend, tmp_path, expect_log):
     for _ in range(3):
         clock.advance(0.3)
         a.random_commit()
-    with expect_log("changed since it was read"):
+    with expect_log("another writer"):
         r = wa2.run_once(clock.t)
-    assert "another writer" in r.errors[DB]
-    assert before <= keys_in_store(backend)
+    assert "another writer" in r.errors[DB] and not r.put
+    assert before <= keys_in_store(backend, DB)
+    # A stale writer with nothing to upload is refused when it writes the manifest.
+    c_dir = tmp_path / "c"
+    (c_dir / "dbs" / DB / "ltx").mkdir(parents=True)
+    wa3 = new_worker(backend, c_dir, clock)
+    st = _DB(DB)
+    wa3._dbs[DB] = st
+    wa3._load(st)
+    drive(wa, a, clock, 6, rng=rng)
+    st.dirty = True
+    with expect_log("another writer"):
+        r = wa3.run_once(clock.t)
+    assert "another writer" in r.errors[DB] and not r.put
     check_restore(backend, a, tmp_path / "out.db", txid=a.txid - 3, expect=a.txid - 3)
 
 
@@ -403,8 +506,13 @@ def test_archive_metrics(backend, tmp_path):
     assert get("litefs_archive_backlog_bytes", {"db": DB}) == 0
     assert get("litefs_archive_last_upload_age_seconds", {"db": DB}) is not None
     m = manifest(backend, DB)
-    for level in (0, 1, 2, 3, 9):
-        assert get("litefs_archive_objects", {"db": DB, "level": str(level)}) == sum(o.level == level for o in m.objects)
+    for level in (1, 2, 3, 9):
+        want = sum(o.level == level for o in m.objects)
+        assert get("litefs_archive_objects", {"db": DB, "level": str(level)}) == want
+    # Level 0: the bundles after the newest compaction (the manifest does not list bundles).
+    tail = [o for o in archive_objects(backend, DB) if o.level == 0 and o.min_txid > max(o.max_txid for o in m.objects)]
+    assert get("litefs_archive_objects", {"db": DB, "level": "0"}) == len(tail)
+    assert 1 <= get("litefs_archive_restore_objects", {"db": DB}) <= 1 + 3 + len(tail)
     assert get("litefs_archive_compaction_seconds_count", {"db": DB, "level": "1"}) > 0
     assert get("litefs_archive_puts_total", {"db": DB, "kind": "l0"}) > 0
     clock.advance(2)
@@ -440,21 +548,23 @@ def test_background_thread(backend, tmp_path):
 
 
 class _AmbiguousStore(_SwitchableStore):
-    """Applies one manifest write but reports a connection error, as a dropped response does."""
+    """Applies one write whose key contains `armed` but reports a connection error, as a dropped
+    response does."""
 
     def __init__(self, store) -> None:
         super().__init__(store)
-        self.armed = False
+        self.armed: str | None = None
 
     def put(self, key, body, metadata=None, **kw):
         info = self._store.put(key, body, metadata, **kw)
-        if self.armed and key.endswith("manifest.json"):
-            self.armed = False
+        if self.armed and self.armed in key:
+            self.armed = None
             raise StoreUnavailable("put: connection reset after the request was sent")
         return info
 
 
-def test_ambiguous_manifest_write_is_not_a_conflict(backend, tmp_path, expect_log):
+@pytest.mark.parametrize("what", ["manifest.json", "/0000/"])
+def test_ambiguous_write_is_not_a_conflict(backend, tmp_path, expect_log, what):
     rng = random.Random(12)
     clock = FakeClock()
     data = tmp_path / "data"
@@ -462,12 +572,19 @@ def test_ambiguous_manifest_write_is_not_a_conflict(backend, tmp_path, expect_lo
     store = _AmbiguousStore(backend.store)
     worker = new_worker(backend, data, clock, store=store)
     drive(worker, wl, clock, 10, rng=rng)
-    store.armed = True
-    clock.advance(1)
+    store.armed = what
+    clock.advance(2.1)  # past a compaction boundary: the manifest is written this pass
     wl.random_commit()
     with expect_log("unavailable"):
         assert worker.run_once(clock.t).store_error
     clock.advance(10)
+    for _ in range(3):  # more commits, so the next bundle would not have the same name
+        clock.advance(0.1)
+        wl.random_commit()
     drive(worker, wl, clock, 5, rng=rng)
     assert worker.hwm(DB) == wl.txid
+    assert keys_in_store(backend, DB) == {o.name for o in archive_objects(backend, DB)}
+    l0 = sorted((o for o in archive_objects(backend, DB) if o.level == 0), key=lambda o: o.min_txid)
+    for a, b in zip(l0, l0[1:]):  # no duplicate bundle
+        assert b.min_txid == a.max_txid + 1
     check_restore(backend, wl, tmp_path / "out.db", expect=wl.txid)
