@@ -143,6 +143,7 @@ class ClusterMonitor:
             self._become(False, "primary elsewhere", info.hostname, info.advertise_url)
             client = StreamClient(self.store, info.advertise_url, on_ready=self.ready.set)
             self._client = client
+            watcher = self._watch_lease(client, info)
             try:
                 log.info("%s: existing primary found (%s), connecting as replica to %r",
                          self.node_id, info.hostname, info.advertise_url)
@@ -161,8 +162,32 @@ class ClusterMonitor:
                     log.info("%s: disconnected from primary with error, retrying: %s", self.node_id, exc)
             finally:
                 self._client = None
+                watcher.set()
             backoff = self.reconnect_delay if client.ready else min(backoff * 2, MAX_BACKOFF)
             self._stop.wait(self.reconnect_delay if client.ready else backoff)
+
+    def _watch_lease(self, client: StreamClient, info: object) -> threading.Event:
+        """While streaming, drop the stream as soon as the lease names another primary or none:
+        a primary that stopped (SIGSTOP, a partition) may keep the connection open but silent."""
+        done = threading.Event()
+        if self.leaser.type == "static":
+            return done
+        interval = min(1.0, max(getattr(self.leaser, "ttl", 4.0) / 4, 0.1))
+
+        def watch() -> None:
+            while not done.wait(interval) and not self._stop.is_set():
+                try:
+                    current = self.leaser.primary_info()
+                except LeaseError:
+                    continue
+                if current != info:
+                    log.info("%s: the lease now names %s; leaving the old stream",
+                             self.node_id, current.hostname if current else "no primary")
+                    client.close()
+                    return
+
+        threading.Thread(target=watch, name="litefs-lease-watch", daemon=True).start()
+        return done
 
     def _become(self, primary: bool, reason: str, hostname: str = "", url: str = "") -> None:
         store = self.store

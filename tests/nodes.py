@@ -109,7 +109,7 @@ class TestNode:
         with urllib.request.urlopen(f"{self.url}/info", timeout=5) as resp:
             return json.load(resp)
 
-    def wait_mounted(self, timeout: float = 15.0) -> None:
+    def wait_mounted(self, timeout: float = 30.0) -> None:
         """Wait until the node is mounted and ready (primary, or caught up with the primary)."""
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
