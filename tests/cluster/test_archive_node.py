@@ -9,7 +9,6 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from litefs import ltx
