@@ -48,6 +48,7 @@ class ClusterMonitor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._client: StreamClient | None = None
+        self._handoff_id = ""
         self.lease: Lease | None = None
 
     @property
@@ -74,8 +75,12 @@ class ClusterMonitor:
             lease = self.lease
             if lease is None or not self.store.is_primary:
                 return False
-            # Stop taking writes (and saying we lead) before anyone else can be primary.
+            # Stop taking writes (and saying we lead) before anyone else can be primary, then
+            # wait out commits already under way: each holds its database's lock throughout.
             self.store.lease_valid_until = -math.inf
+            for db in self.store.databases():
+                with db.lock:
+                    pass
             try:
                 lease_id = lease.handoff()
             except LeaseError as exc:
@@ -87,6 +92,7 @@ class ClusterMonitor:
                 self._resume_after_failed_handoff(lease_id)
                 return False
             log.info("%s: exiting primary, preserving lease for handoff to %s", self.node_id, node_id)
+            self._handoff_id = lease_id
             self._handed_off.set()
             return True
 
@@ -133,6 +139,11 @@ class ClusterMonitor:
                 info = self.leaser.primary_info()
             except LeaseError as exc:
                 log.info("%s: cannot read the primary from the lease: %s", self.node_id, exc)
+                info = None
+            if (info is not None and self.leaser.type != "static"
+                    and info.advertise_url == self.leaser.advertise_url):
+                # The lease still names this node (a handoff in flight): no stream to itself. (A
+                # static replica's advertise-url is the primary's, by upstream's definition.)
                 info = None
             if info is None or not info.advertise_url:
                 if not self.leaser.candidate:
@@ -247,15 +258,40 @@ class ClusterMonitor:
                 next_renew = time.monotonic() + RENEW_RETRY
         with self._lock:
             self.lease = None
-            if self._handed_off.is_set():
+            handed_off = self._handed_off.is_set()
+            if handed_off:
                 self._become(False, "handoff")
-                return
+        if handed_off:
+            self._await_successor()
+            return
         log.info("%s: exiting primary, destroying lease", self.node_id)
         self.store.lease_valid_until = -math.inf
         try:
             lease.close()
         except LeaseError as exc:
             log.info("%s: releasing the lease: %s", self.node_id, exc)
+
+    def _await_successor(self, timeout: float = 2.0) -> None:
+        """After a handoff: if the target never takes the lease over, take it back rather than
+        leave the cluster without a primary until the TTL runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                info = self.leaser.primary_info()
+            except LeaseError:
+                info = None
+            if info is not None and info.advertise_url != self.leaser.advertise_url:
+                return
+            self._stop.wait(0.05)
+        if self._stop.is_set():
+            return
+        log.warning("%s: the handoff target did not take over; taking the lease back", self.node_id)
+        try:
+            lease = self.leaser.acquire_existing(self._handoff_id)
+        except LeaseError as exc:
+            log.warning("%s: could not take the lease back: %s", self.node_id, exc)
+            return
+        self._hold(lease, "handoff not taken")
 
     def _lost(self) -> None:
         with self._lock:

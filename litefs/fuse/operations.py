@@ -94,11 +94,18 @@ class FileSystem(llfuse.Operations):
         self._next_fh = 1
         # FUSE requests by operation: the lever for commit cost, reported by perf/ and /metrics.
         self.requests: Counter[str] = Counter()
+        self._announced: set[str] = set()
         store.subscribe(self._on_commit)
 
     def _on_commit(self, db: Database, header: object) -> None:
+        if db.name not in self._announced:
+            # The first transaction of a database: names looked up before it existed may be
+            # cached as negative entries (its -pos file is never created through the kernel).
+            self._announced.add(db.name)
+            for name in (db.name, db.name + "-pos"):
+                llfuse.invalidate_entry(ROOT, os.fsencode(name))
         # llfuse forces keep_cache and -pos never changes size, so the kernel would keep
-        # serving the old position. invalidate_inode only queues a request: safe here.
+        # serving the old position. invalidate_* only queue requests: safe on any thread.
         idx = self._index.get(db.name)
         if idx is not None:
             llfuse.invalidate_inode(_FIRST_DB_INODE + idx * _BLOCK + _POS, attr_only=False)

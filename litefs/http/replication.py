@@ -109,16 +109,22 @@ class Streamer:
             self.synced = True
             await self._frame("ready", protocol.ready_frame())
             await self._frame("heartbeat", protocol.heartbeat_frame(int(time.time() * 1000)))
-            while self.store.is_primary:
+            while True:
+                if self.handoff_to:
+                    # Everything committed before the handoff goes first: the successor must
+                    # start from the last acknowledged transaction.
+                    self._dirty |= {db.name for db in self.store.databases()}
+                    await self._sync_dirty()
+                    await self._frame("handoff", protocol.handoff_frame(self.handoff_to))
+                    return
+                if not self.store.is_primary:
+                    return
                 try:
                     await asyncio.wait_for(self._event.wait(), HEARTBEAT_INTERVAL)
                 except asyncio.TimeoutError:
                     await self._frame("heartbeat", protocol.heartbeat_frame(int(time.time() * 1000)))
                     continue
                 self._event.clear()
-                if self.handoff_to:
-                    await self._frame("handoff", protocol.handoff_frame(self.handoff_to))
-                    return
                 await self._sync_dirty()
         except tornado.iostream.StreamClosedError:
             pass

@@ -73,9 +73,11 @@ def ccluster(tmp_path: Path, consul: ConsulStandIn) -> Iterator[ConsulCluster]:
     c.stop()
 
 
-def insert(node: TestNode, n: int = 1, start: int = 0) -> None:
+def insert(node: TestNode, n: int = 1, start: int = 0, mode: str | None = None) -> None:
     con = sqlite3.connect(node.path("app.db"), isolation_level=None, timeout=5)
     try:
+        if mode:
+            con.execute(f"PRAGMA journal_mode={mode}")
         con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY)")
         for i in range(start, start + n):
             con.execute("INSERT INTO t (id) VALUES (?)", (i,))
@@ -186,9 +188,10 @@ def test_primary_cut_off_from_consul_steps_down_before_its_ttl(ccluster, consul)
     wait_for(lambda: ccluster.current_primary(), 10, "a primary again")
 
 
-def test_handoff_under_load_loses_nothing(ccluster):
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_handoff_under_load_loses_nothing(ccluster, mode):
     old = ccluster.primary
-    insert(old, 1)
+    insert(old, 1, mode=mode)
     ccluster.wait_converged("app.db")
     writer = Writer(ccluster)
     writer.start()

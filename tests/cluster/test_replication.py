@@ -237,3 +237,12 @@ def test_http_endpoints(cluster):
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 503
+
+
+def test_new_database_appears_on_a_replica_at_once(cluster):
+    r = cluster.replicas[0]
+    assert not os.path.exists(r.path("fresh.db-pos"))  # now a cached negative entry
+    write(cluster.primary, "fresh.db", "delete", 1)
+    wait_for(lambda: "fresh.db" in r.info()["dbs"], 10, "the replica to apply it")
+    # Well inside the 1 s a negative entry may be cached: the apply invalidated it.
+    wait_for(lambda: os.path.exists(r.path("fresh.db-pos")), 0.5, "fresh.db-pos on the replica")
