@@ -538,16 +538,11 @@ def make_app(ctx: ProxyContext) -> tornado.web.Application:
 class ProxyServer:
     """The proxy on `config.addr`, with its own thread and event loop."""
 
-    def __init__(self, store: StoreView, config: ProxyConfig, *,
-                 forward_url: Callable[[], str | None] | None = None,
-                 dial_retry_timeout: float = DEFAULT_DIAL_RETRY_TIMEOUT,
-                 txid_wait_timeout: float = DEFAULT_TXID_WAIT_TIMEOUT,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    def __init__(self, store: StoreView, config: ProxyConfig, **options: Any) -> None:
+        """`options` are ProxyContext's (forward_url, and the timeouts)."""
         self.store = store
         self.config = config
-        self.ctx = ProxyContext(store, config, forward_url=forward_url,
-                                dial_retry_timeout=dial_retry_timeout,
-                                txid_wait_timeout=txid_wait_timeout, connect_timeout=connect_timeout)
+        self.ctx = ProxyContext(store, config, **options)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
