@@ -682,3 +682,15 @@ def child_main(spec_json: str) -> None:
                   spec["min_sample_s"])
     result = fn(ctx, **spec["kwargs"])
     print(_RETURN_MARK + json.dumps(result), flush=True)
+
+
+def add_repo_to_path() -> None:
+    """Let suites import the test harness (tests.nodes, tests.cluster) from the repo root."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def load_average() -> str:
+    a, b, c = os.getloadavg()
+    return f"load {a:.2f} {b:.2f} {c:.2f} on {os.cpu_count()} CPUs"

@@ -36,10 +36,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from perf.common import Context, quantile, tmp_dir
+from perf.common import Context, add_repo_to_path, load_average, quantile, tmp_dir
 
 DESCRIPTION = "time to a new primary after SIGTERM / SIGKILL (Consul lease), write outage during a handoff"
 DB = "app.db"
@@ -47,19 +46,8 @@ POLL_S = 0.01
 HARD_LIMIT_S = 60.0  # bound on any single wait
 
 
-def _tests() -> None:
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f} on {os.cpu_count()} CPUs"
-
-
 def lease_config() -> tuple[float, float]:
-    _tests()
+    add_repo_to_path()
     from tests.cluster import test_failover
     return test_failover.TTL, test_failover.LOCK_DELAY
 
@@ -139,7 +127,7 @@ def keep_logs(c: Any, label: str, since: float) -> None:
 
 @contextmanager
 def consul_cluster(label: str) -> Iterator[Any]:
-    _tests()
+    add_repo_to_path()
     from tests.cluster.test_failover import ConsulCluster
     from tests.consul_standin import ConsulStandIn
     base = tmp_dir() / f"failover-{label}-{os.getpid()}"
@@ -215,7 +203,7 @@ def bench_failover(ctx: Context, runs: int) -> None:
     gc.disable()
     ttl, delay = lease_config()
     out: dict[str, list[dict[str, Any]]] = {"sigterm": [], "sigkill": []}
-    load0 = _load()
+    load0 = load_average()
     with consul_cluster("kill") as c:
         insert(c.primary, range(0, 10))
         marker = 1000
@@ -224,7 +212,7 @@ def bench_failover(ctx: Context, runs: int) -> None:
                 settle(c, marker)
                 marker += 1
                 out[kind].append(one_failover(c, kind))
-    load1 = _load()
+    load1 = load_average()
     budget = ttl + delay
     for kind, rows in out.items():
         s = [r["s"] for r in rows]
@@ -324,7 +312,7 @@ def bench_handoff(ctx: Context, runs: int, modes: list[str]) -> None:
     gc.disable()
     settings = {"delete_full": ("DELETE", "FULL"), "wal_normal": ("WAL", "NORMAL")}
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    load0 = _load()
+    load0 = load_average()
     with consul_cluster("handoff") as c:
         insert(c.primary, range(0, 10))
         marker = 1000
@@ -372,7 +360,7 @@ def bench_handoff(ctx: Context, runs: int, modes: list[str]) -> None:
                     "rate": w.rate_before(t_promote),
                     "first_ack_on_new_s": next((t - t_promote for _, t in w.acked if t > t_lead), float("nan")),
                 })
-    load1 = _load()
+    load1 = load_average()
     for mode, rows in results.items():
         jm, sync = settings[mode]
         gaps = [r["gap_s"] for r in rows]
@@ -400,12 +388,12 @@ def bench_handoff(ctx: Context, runs: int, modes: list[str]) -> None:
 
 def run(ctx: Context) -> None:
     ttl, delay = lease_config()
-    ctx.note(f"failover  {_load()}; Consul stand-in (in-process), lease ttl {ttl:g} s, lock-delay {delay:g} s, "
+    ctx.note(f"failover  {load_average()}; Consul stand-in (in-process), lease ttl {ttl:g} s, lock-delay {delay:g} s, "
              "reconnect-delay 100 ms, 3 candidates")
     q = ctx.quick
     ctx.run_isolated("perf.failover:bench_failover", runs=5 if q else 20)
     ctx.run_isolated("perf.failover:bench_handoff", runs=2 if q else 5, modes=["delete_full", "wal_normal"])
-    ctx.note(f"failover  at the end: {_load()}")
+    ctx.note(f"failover  at the end: {load_average()}")
 
 
 if __name__ == "__main__":  # python -m perf.failover runs just this suite

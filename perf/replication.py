@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gc
 import os
-import random
 import re
 import shutil
 import socket
@@ -44,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from perf.common import MiB, Context, quantile, tmp_dir
+from perf.common import MiB, Context, add_repo_to_path, load_average, quantile, tmp_dir
 
 DESCRIPTION = "replication lag at 100 tx/s and at 80 % of max, catch-up after downtime, snapshot vs raw socket copy"
 INSERT = "INSERT INTO t(v) VALUES (?)"
@@ -53,21 +52,10 @@ POLL_S = 0.0002  # watcher poll interval
 HARD_LIMIT_S = 240.0  # no thread or wait here runs longer than this
 
 
-def _tests() -> None:
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f} on {os.cpu_count()} CPUs"
-
-
 @contextmanager
 def cluster(label: str, replicas: int = 2) -> Iterator[Any]:
     """A started Cluster (static primary + replicas) under perf/results/tmp; stopped after."""
-    _tests()
+    add_repo_to_path()
     from tests.cluster.conftest import Cluster
     base = tmp_dir() / f"repl-{label}-{os.getpid()}"
     shutil.rmtree(base, ignore_errors=True)
@@ -408,7 +396,7 @@ def bench_lag(ctx: Context, modes: list[str], seconds: float, rate: float = 100.
             idle_pct = statistics.fmean((b[0] - a[0]) / ti * 100 for a, b in zip(idle0, idle1))
             idle_us = statistics.fmean((b[0] - a[0]) / max(1, b[1] - a[1]) * 1e6 for a, b in zip(idle0, idle1))
             h0 = [lag_histogram(r, name) for r in c.replicas]
-            load0 = _load()
+            load0 = load_average()
             cpu0 = [daemon_cpu_s(n.proc.pid) for n in c.nodes]
             try:
                 w, tail_s = run_watched(c, name, jm, sync, rate, seconds, watchers)
@@ -496,9 +484,9 @@ def bench_sustained(ctx: Context, seconds: float, burst_s: float = 3.0, mode: st
             max_rate = min(primary_rate, replica_rate)
             time.sleep(0.5)
             rate = 0.8 * max_rate
-            load0 = _load()
+            load0 = load_average()
             w, tail_s = run_watched(c, name, jm, sync, rate, seconds, watchers)
-            load1 = _load()
+            load1 = load_average()
         finally:
             for x in watchers:
                 x.stopped.set()
@@ -784,13 +772,13 @@ def bench_snapshot(ctx: Context, size_mb: int, reps: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 def run(ctx: Context) -> None:
-    ctx.note(f"replication  {_load()} (writer, watchers and three daemons share them)")
+    ctx.note(f"replication  {load_average()} (writer, watchers and three daemons share them)")
     q = ctx.quick
     ctx.run_isolated("perf.replication:bench_lag", modes=list(MODES), seconds=4.0 if q else 10.0)
     ctx.run_isolated("perf.replication:bench_sustained", seconds=15.0 if q else 60.0)
     ctx.run_isolated("perf.replication:bench_catchup", down_s=15.0 if q else 60.0)
     ctx.run_isolated("perf.replication:bench_snapshot", size_mb=30 if q else 100, reps=1 if q else 2)
-    ctx.note(f"replication  at the end: {_load()}")
+    ctx.note(f"replication  at the end: {load_average()}")
 
 
 if __name__ == "__main__":  # python -m perf.replication runs just this suite

@@ -42,6 +42,7 @@ from litefs.ltx.checksum import DatabaseChecksum
 from litefs.ltx.decoder import Decoder
 from litefs.ltx.format import CHECKSUM_FLAG, HEADER_SIZE, TRAILER_SIZE, Header, Trailer
 from litefs.native import crc64
+from litefs.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -464,14 +465,6 @@ def integrity_check(path: str | os.PathLike) -> list[str]:
         conn.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Planner:
     """Plans against the manifest plus the level-0 bundles the target needs (listed on demand)."""
 
@@ -622,7 +615,7 @@ def restore(store: ObjectStore, layout: Layout, db: str | None, output: str | os
         if problems != ["ok"]:
             raise RestoreError(f"the restored database fails PRAGMA integrity_check: {'; '.join(problems[:5])}")
         os.replace(tmp_out, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         ok = True
     finally:
         shutil.rmtree(work, ignore_errors=True)

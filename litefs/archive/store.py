@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, Union, runtime_checkable
 
 from litefs.errors import ArchiveError
+from litefs.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class FileStore:
                     os.unlink(tmp)
                 else:
                     os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             st = path.stat()
             return ObjectInfo(key, size, etag, dict(metadata or {}), st.st_mtime)
         except OSError as exc:
@@ -210,7 +211,7 @@ class FileStore:
                             pass
                     dirs.add(path.parent)
                 for d in dirs:
-                    _fsync_dir(d)
+                    fsync_dir(d)
                     # Empty directories vanish, as prefixes do in a bucket.
                     while d != self.root and d.is_relative_to(self.root):
                         try:
@@ -339,14 +340,6 @@ def _chunks(body: Body) -> Iterator[bytes]:
             yield from iter(lambda: f.read(_COPY_CHUNK), b"")
         return
     yield from iter(lambda: body.read(_COPY_CHUNK), b"")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from litefs.errors import LitefsError
+from litefs.fsutil import fsync_dir
 
 __all__ = [
     "JOURNAL_MAGIC", "JOURNAL_HEADER_SIZE", "JournalError", "JournalHeader", "JournalPlayback",
@@ -172,14 +173,6 @@ def _db_page_size(fd: int) -> int | None:
     return 65536 if raw == 1 else raw
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rollback(journal_path: str | os.PathLike[str], db_path: str | os.PathLike[str]) -> int:
     """Play a hot journal back into the database, then delete the journal.
 
@@ -213,7 +206,7 @@ def rollback(journal_path: str | os.PathLike[str], db_path: str | os.PathLike[st
     finally:
         os.close(jfd)
     os.unlink(jpath)
-    _fsync_dir(jpath)
+    fsync_dir(os.path.dirname(os.path.abspath(jpath)) or ".")
     return restored
 
 
